@@ -1,0 +1,141 @@
+"""The normalised call event: the one record every part of Décroché agrees on.
+
+Raw AMI events are Asterisk's vocabulary and change with its versions and settings; the
+controller turns them (and the IVR's and the callback dispatcher's steps) into these
+events, writes them to the Redis stream, and every KPI, export and dashboard reads only
+these. A replay of the stream must rebuild the same figures, so an event carries all it
+needs: the Asterisk time it happened, the call it belongs to, service, queue and agent.
+
+Each event has an idempotency ``id`` derived from what identifies it at the source (for
+an AMI event: its timestamp, name and channel uniqueid), never from when we saw it, so
+the same happening seen twice — after a reconnect, a spool replay or by two controllers —
+is stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+#: Every event type, grouped by what produces it.
+EVENT_TYPES: Final = frozenset(
+    {
+        # call life (AMI)
+        "call.start",
+        "call.end",
+        # IVR (FastAGI)
+        "ivr.start",
+        "ivr.menu",
+        "ivr.input",
+        "ivr.invalid",
+        "ivr.end",
+        "agent.requested",
+        # queue (AMI, app_queue)
+        "queue.join",
+        "queue.leave",
+        "queue.abandon",
+        "queue.timeout",
+        "queue.exit_key",
+        "queue.join_empty",
+        "agent.ring",
+        "agent.noanswer",
+        "agent.connect",
+        "agent.complete",
+        # members
+        "member.added",
+        "member.removed",
+        "member.paused",
+        "member.unpaused",
+        # callbacks and appointments
+        "callback.offered",
+        "callback.requested",
+        "callback.updated",
+        "callback.dialing",
+        "callback.connected",
+        "callback.failed",
+        "callback.retry",
+        "callback.expired",
+        "callback.cancelled",
+        "appointment.offered",
+        "appointment.booked",
+        "appointment.cancelled",
+        # survey
+        "survey.answer",
+        # controller
+        "controller.gap",
+    }
+)
+
+Scalar = str | int | float | bool
+
+
+def make_id(*parts: object) -> str:
+    """A short stable id from the parts that identify an event at its source."""
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=12)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One normalised event.
+
+    ``ts`` is Asterisk's time (epoch seconds, from the AMI ``Timestamp`` or the
+    simulator's clock), never the controller's, so that live figures and recomputations
+    agree whatever the delays in between. ``data`` holds the type-specific fields
+    (``wait_s``, ``talk_s``, ``position``, ``reason`` …).
+    """
+
+    type: str
+    call: str
+    ts: float
+    id: str
+    service: str = ""
+    queue: str = ""
+    agent: str = ""
+    source: str = "ami"
+    data: Mapping[str, Scalar] = field(default_factory=dict)
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown call event type {self.type!r}")
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for a Redis stream entry (XADD)."""
+        return {
+            "v": str(self.v),
+            "id": self.id,
+            "type": self.type,
+            "call": self.call,
+            "ts": repr(self.ts),
+            "service": self.service,
+            "queue": self.queue,
+            "agent": self.agent,
+            "source": self.source,
+            "data": json.dumps(dict(self.data), separators=(",", ":"), sort_keys=True),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> CallEvent:
+        """Inverse of :meth:`to_fields`; accepts the bytes keys redis-py returns."""
+        f = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        return cls(
+            type=f["type"],
+            call=f["call"],
+            ts=float(f["ts"]),
+            id=f["id"],
+            service=f.get("service", ""),
+            queue=f.get("queue", ""),
+            agent=f.get("agent", ""),
+            source=f.get("source", "ami"),
+            data=json.loads(f.get("data") or "{}"),
+            v=int(f.get("v", SCHEMA_VERSION)),
+        )

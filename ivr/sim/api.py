@@ -1,0 +1,81 @@
+"""The contract between the simulated PBX (the engine) and its network front-ends.
+
+The engine models calls, the dialplan and app_queue in virtual time and knows nothing of
+sockets. The AMI server front-end (``ivr.sim.ami_server``) owns TCP sessions: banner,
+Login/Logoff, Events on/off, Ping, framing; every other action it hands to the engine and
+writes back what the engine returns. Events flow the other way: the engine calls each
+listener with the event name and its headers, in the order Asterisk 22 emits them, and the
+front-end encodes them for every logged-in session that has events on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ivr.protocol.ami import Action
+
+#: Header pairs in wire order (repeated keys allowed).
+Headers = list[tuple[str, str]]
+
+#: Called for every event: ``(name, headers)``; headers exclude ``Event`` itself and start
+#: with ``Privilege`` then ``Timestamp`` where Asterisk puts them.
+EventListener = Callable[[str, Headers], None]
+
+
+@dataclass(slots=True)
+class ListReply:
+    """The body of a list action: item events and the completion event's name.
+
+    The front-end adds ``ActionID`` to each item, and ``EventList: Complete`` and
+    ``ListItems: N`` to the completion event, as Asterisk does.
+    """
+
+    items: list[tuple[str, Headers]] = field(default_factory=list)
+    complete_event: str = ""
+    complete_headers: Headers = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass(slots=True)
+class ActionResult:
+    """What the engine answers to one action.
+
+    ``status`` is ``Success`` or ``Error``; ``headers`` follow ``Response`` and
+    ``ActionID`` (usually ``Message``). ``listing`` is set for list actions
+    (QueueStatus, QueueSummary, CoreShowChannels, Status).
+    """
+
+    status: str
+    headers: Headers = field(default_factory=list)
+    listing: ListReply | None = None
+
+    @classmethod
+    def error(cls, message: str) -> ActionResult:
+        return cls("Error", [("Message", message)])
+
+    @classmethod
+    def success(cls, message: str | None = None, extra: Headers | None = None) -> ActionResult:
+        headers: Headers = [] if message is None else [("Message", message)]
+        return cls("Success", headers + (extra or []))
+
+
+class Engine(Protocol):
+    """What the AMI front-end needs from the simulated PBX."""
+
+    def add_listener(self, listener: EventListener) -> None: ...
+
+    def remove_listener(self, listener: EventListener) -> None: ...
+
+    async def handle_action(self, action: Action) -> ActionResult:
+        """Run one action other than Login, Logoff, Events, Ping and Challenge.
+
+        Unknown actions answer ``Error`` with Asterisk's text ("Invalid/unknown command:
+        X. Use Action: ListCommands to show available commands.").
+        """
+        ...
+
+    def now(self) -> float:
+        """The simulated epoch time, for ``Timestamp`` headers."""
+        ...
