@@ -9,11 +9,12 @@ the tracker against what Asterisk itself wrote in its queue_log.
 Output (DESIGN.md)::
 
     {"calls": [{"call", "caller", "queue", "outcome", "wait_s", "talk_s", "agent", ...}],
-     "kpi": {}}
+     "kpi": {"overall": {...}, "queues": {...}, ...}}
 
-``kpi`` is a placeholder: the KPI computation fills it from the same replayed call events
-(:func:`replay_events` gives them); until then it is an empty object. Only inbound calls and
-callback legs are listed (``kind``); channels without IVR or queue activity are not calls.
+``kpi`` is the same block ``ivr report`` prints, computed by the same accumulator from the
+replayed call events (no opening hours: a recording is taken as in hours). Only inbound
+calls and callback legs are listed (``kind``); channels without IVR or queue activity are
+not calls.
 """
 
 from __future__ import annotations
@@ -137,9 +138,12 @@ def replay_events(paths: Sequence[StrPath]) -> ReplayResult:
 
 
 def replay(paths: Sequence[StrPath]) -> dict[str, Any]:
-    """The ``ivr replay --json`` object: ``{"calls": [...], "kpi": {}}`` (kpi filled later)."""
+    """The ``ivr replay --json`` object: ``{"calls": [...], "kpi": {...}}``."""
+    from ivr.domain.kpi import compute_report, report_document
+
     result = replay_events(paths)
-    return {"calls": [c.to_dict() for c in result.calls], "kpi": {}}
+    kpi = report_document(compute_report(result.events))["kpi"]
+    return {"calls": [c.to_dict() for c in result.calls], "kpi": kpi}
 
 
 def _cell(value: object) -> str:
@@ -184,4 +188,34 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         stream.write("\n")
     else:
         stream.write(format_table(data["calls"]) + "\n")
+        stream.write(format_kpi(data["kpi"]) + "\n")
     return 0
+
+
+def format_kpi(kpi: dict[str, Any]) -> str:
+    """One line per queue (and overall) with the figures a supervisor reads first."""
+    columns = (
+        "asked_for_agent",
+        "handled_by_agent",
+        "pickup_rate",
+        "answered",
+        "abandoned",
+        "timeouts",
+        "asa_s",
+    )
+    rows = [("overall", kpi.get("overall", {})), *sorted(kpi.get("queues", {}).items())]
+    width = max(len(name) for name, _ in rows)
+    lines = ["".ljust(width) + "  " + "  ".join(columns)]
+    for name, block in rows:
+        cells = []
+        for col in columns:
+            value = block.get(col)
+            if col == "pickup_rate" and isinstance(value, float):
+                text = f"{100 * value:.1f} %"
+            elif isinstance(value, float):
+                text = f"{value:.1f}"
+            else:
+                text = _cell(value)
+            cells.append(text.rjust(len(col)))
+        lines.append(name.ljust(width) + "  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -160,3 +160,20 @@ def test_malformed_message_is_reported_and_skipped(tmp_path: Path) -> None:
     result = replay_events([target])
     assert len(result.errors) == 1 and "without 'Key: value' form" in result.errors[0]
     assert [(c.outcome, c.wait_s, c.talk_s) for c in result.calls] == [("answered", 2, 6)]
+
+
+def test_replay_kpi_counts_the_refusals_queue_log_cannot_see() -> None:
+    """join_empty leaves no queue_log line, yet the caller asked for an agent."""
+    from ivr.replay import replay
+
+    fixtures = Path(__file__).parent / "fixtures" / "asterisk"
+    data = replay([fixtures / "mixed_a", fixtures / "join_empty"])
+    overall = data["kpi"]["overall"]
+    answered = sum(1 for c in data["calls"] if c["outcome"] == "answered")
+    assert overall["handled_by_agent"] == answered
+    assert overall["asked_for_agent"] == len(data["calls"])
+    assert data["kpi"]["queues"]["empty"]["join_empty"] == 1
+    entered = data["kpi"]["queues"]["support"]["entered"]
+    assert entered == len(data["calls"]) - 1
+    # queue_log alone would give answered / entered, higher than the real pickup rate.
+    assert overall["pickup_rate"] < answered / entered
