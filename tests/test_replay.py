@@ -83,7 +83,9 @@ def test_every_queue_log_outcome_is_covered() -> None:
 
 def test_replay_json_shape() -> None:
     data = replay([FIXTURES / "answered", FIXTURES / "join_empty"])
-    assert set(data) == {"calls", "kpi"} and data["kpi"] == {}
+    assert set(data) == {"calls", "kpi"}
+    assert data["kpi"]["overall"]["asked_for_agent"] == 2
+    assert data["kpi"]["queues"]["empty"]["join_empty"] == 1
     assert [c["outcome"] for c in data["calls"]] == ["answered", "join_empty"]
     first = data["calls"][0]
     assert list(first)[:7] == ["call", "caller", "queue", "outcome", "wait_s", "talk_s", "agent"]
@@ -123,7 +125,10 @@ def test_cli_json_and_table() -> None:
         "-",
         "inbound",
     ]
-    assert lines[-1] == "1 call(s)"
+    assert "1 call(s)" in lines
+    kpi_rows = lines[lines.index("1 call(s)") + 1 :]
+    assert kpi_rows[0].split()[:3] == ["asked_for_agent", "handled_by_agent", "pickup_rate"]
+    assert kpi_rows[1].split()[:4] == ["overall", "1", "0", "0.0"]
 
 
 def test_format_table_of_nothing() -> None:
