@@ -22,6 +22,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check-config", "ivr.config", "check a configuration file"),
     ("replay", "ivr.replay", "replay recorded AMI transcripts offline"),
     ("report|staffing", "ivr.kpi_cli", "KPIs from the event log; agents needed for a target"),
+    ("export-queue-log", "ivr.export_cmd", "Asterisk queue_log lines rebuilt from the event stream"),
 )
 
 

@@ -84,7 +84,7 @@ def answered(
     agent: str = "Agent 201",
 ) -> list[CallEvent]:
     return [
-        ev("call.start", call, t, caller=f"h-{call}"),
+        ev("call.start", call, t, caller_hash=f"h-{call}"),
         ev("agent.requested", call, t + 5, queue=queue, source="agi"),
         ev("queue.join", call, t + 6, queue=queue, position=1),
         ev("queue.leave", call, t + 6 + wait, queue=queue),
@@ -125,7 +125,7 @@ def events_from_queue_log(entries: Iterable[QueueLogEntry]) -> Iterator[CallEven
         if e.event == "ENTERQUEUE":
             if e.callid not in started:
                 started.add(e.callid)
-                yield ev("call.start", e.callid, e.time, service="", caller=named["callerid"])
+                yield ev("call.start", e.callid, e.time, service="", caller_hash=named["callerid"])
             yield ev(
                 "queue.join", e.callid, e.time, queue=e.queue, service="", position=int(named["position"])
             )

@@ -533,7 +533,7 @@ def test_replay_is_deterministic() -> None:
 
 def test_numbers_are_never_in_events_only_their_hash() -> None:
     tr, out = run(events_of("answered"), StateTracker(hash_number=lambda n: "h:" + n[::-1]))
-    assert only(out, "call.end").data["caller"] == "h:1000001160"
+    assert only(out, "call.end").data["caller_hash"] == "h:1000001160"
     assert all("0611000001" not in repr(e.to_fields()) for e in out)
     assert tr.ended[0].caller == "0611000001"
 

@@ -508,7 +508,7 @@ def summarize_call(
     start = inbound[0].ts if inbound else evs[0].ts
     ended = any(e.type == "call.end" for e in evs)
     service = next((e.service for e in evs if e.service), "")
-    caller = next((str(e.data["caller"]) for e in evs if "caller" in e.data), "")
+    caller = next((str(e.data["caller_hash"]) for e in evs if "caller_hash" in e.data), "")
     leg = any("callback_of" in e.data or e.data.get("kind") == "callback" for e in evs)
     flag = _hours_flag(evs)
     open_now = flag if flag is not None else (in_hours(service, start) if in_hours else True)

@@ -248,9 +248,9 @@ class StateTracker:
     """Queues, members and calls, driven by AMI events; emits normalised call events.
 
     ``hash_number`` (e.g. ivr.storage.privacy's keyed hash) adds ``data.caller`` (the hash) to
-    ``call.end``; raw numbers never go into events. ``end_grace_s`` is how long (Asterisk
-    time) a connected call whose caller hung up waits for its AgentComplete. ``keep_ended``
-    bounds :attr:`ended` (None = keep all, for replays).
+    ``call.end`` and ``data.caller_hash`` to ``queue.join``; raw numbers never go into events.
+    ``end_grace_s`` is how long (Asterisk time) a connected call whose caller hung up waits
+    for its AgentComplete. ``keep_ended`` bounds :attr:`ended` (None = keep all, for replays).
     """
 
     def __init__(
@@ -728,7 +728,7 @@ class StateTracker:
         if call.gap:
             data["gap"] = True
         if self._hash_number is not None and call.caller:
-            data["caller"] = self._hash_number(call.caller)
+            data["caller_hash"] = self._hash_number(call.caller)
         self._emit(
             "call.end",
             call,
@@ -776,13 +776,12 @@ class StateTracker:
         q = self._queue(queue)
         q.add(Waiter(call.id, call.channel, call.caller, position, ts))
         q.joined += 1
-        self._emit(
-            "queue.join",
-            call,
-            ts,
-            make_id(raw, "QueueCallerJoin", uid),
-            data={"position": position, "count": to_int(f.get("Count"))},
-        )
+        data: dict[str, Scalar] = {"position": position, "count": to_int(f.get("Count"))}
+        if self._hash_number is not None and call.caller:
+            # Named ``*_hash`` so the stream writer's scrubber leaves it alone (and readers
+            # can tell it is no number); the queue_log export puts it in ENTERQUEUE.
+            data["caller_hash"] = self._hash_number(call.caller)
+        self._emit("queue.join", call, ts, make_id(raw, "QueueCallerJoin", uid), data=data)
 
     def _on_abandon(self, f: Fields, ts: float, raw: str) -> None:
         call = self.calls.get(f.get("Uniqueid") or "")
@@ -1007,14 +1006,13 @@ class StateTracker:
         call.wait_s = wait
         call.queue_outcome = ANSWERED
         self._queue(call.queue).answered += 1
-        self._emit(
-            "agent.connect",
-            call,
-            ts,
-            make_id(raw, "AgentConnect", uid),
-            agent=interface,
-            data={"wait_s": wait, "ring_s": to_int(f.get("RingTime")), "member_name": name},
-        )
+        data: dict[str, Scalar] = {"wait_s": wait, "ring_s": to_int(f.get("RingTime")), "member_name": name}
+        # For the queue_log export: CONNECT's bridged channel, COMPLETE*'s origposition.
+        if dest:
+            data["member_uniqueid"] = dest
+        if call.join_position:
+            data["original_position"] = call.join_position
+        self._emit("agent.connect", call, ts, make_id(raw, "AgentConnect", uid), agent=interface, data=data)
 
     def _on_agent_complete(self, f: Fields, ts: float, raw: str) -> None:
         uid = f.get("Uniqueid") or ""
@@ -1025,7 +1023,12 @@ class StateTracker:
         hold = to_int(f.get("HoldTime"))
         talk = to_int(f.get("TalkTime"))
         reason = f.get("Reason") or ""
-        data: dict[str, Scalar] = {"wait_s": hold, "talk_s": talk, "reason": reason}
+        data: dict[str, Scalar] = {
+            "wait_s": hold,
+            "talk_s": talk,
+            "reason": reason,
+            "member_name": f.get("MemberName") or interface,
+        }
         event_id = make_id(raw, "AgentComplete", uid)
         self._queue(queue).completed += 1
         call = self.calls.get(uid)
@@ -1050,6 +1053,8 @@ class StateTracker:
             call.wait_s = hold
             call.queue_outcome = ANSWERED
             call.queue = queue or call.queue
+        if call.join_position:
+            data["original_position"] = call.join_position
         call.completed = True
         call.talk_s = talk
         call.complete_reason = reason
