@@ -20,7 +20,9 @@ from ivr.protocol.ami import Action
 Headers = list[tuple[str, str]]
 
 #: Called for every event: ``(name, headers)``; headers exclude ``Event`` itself and start
-#: with ``Privilege`` then ``Timestamp`` where Asterisk puts them.
+#: with ``Privilege`` then ``Timestamp`` where Asterisk puts them. The same list goes to
+#: every listener: read it, do not modify it. Listeners run synchronously inside the
+#: engine, so they must be quick (encode and queue, never wait).
 EventListener = Callable[[str, Headers], None]
 
 
