@@ -19,6 +19,7 @@ from ivr import __version__
 #: (subcommand, module providing add_parser/run, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("run", "ivr.run_cmd", "run the controller beside an Asterisk"),
+    ("demo", "ivr.demo", "simulator + controller + dashboard on an embedded Redis"),
     ("check-config", "ivr.config", "check a configuration file"),
     ("replay", "ivr.replay", "replay recorded AMI transcripts offline"),
     ("report|staffing", "ivr.kpi_cli", "KPIs from the event log; agents needed for a target"),

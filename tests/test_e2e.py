@@ -1,0 +1,185 @@
+"""End to end: simulated PBX (real AMI and FastAGI over loopback) + controller + real Redis.
+
+Every generated call must reach the Redis stream with a consistent event sequence, and
+the outcomes the controller stored must equal what the simulated Asterisk wrote in its
+own queue_log, also when the AMI connection is dropped in the middle of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.config import default_config
+from ivr.controller import Controller, Endpoints
+from ivr.demo import _sim_config, start_of_demo_day
+from ivr.domain.events import CallEvent
+from ivr.domain.queue_log import parse_queue_log
+from ivr.sim.config import AgentModel
+from ivr.sim.run import RunningSim, start_sim
+from ivr.sim.traffic import TrafficGenerator
+from ivr.storage.reader import read_range
+from ivr.storage.writer import make_client
+
+SPEED = 40.0
+
+QUEUE_LOG_OUTCOME = {
+    "CONNECT": "answered",
+    "ABANDON": "abandoned",
+    "EXITWITHTIMEOUT": "timeout",
+    "EXITWITHKEY": "exit_key",
+    "EXITEMPTY": "leave_empty",
+}
+
+
+@dataclass
+class Rig:
+    running: RunningSim
+    controller: Controller
+    redis_url: str
+    queue_log: Path
+
+
+@pytest.fixture
+async def rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    cfg = _sim_config("normal")
+    cfg.queue_log = str(tmp_path / "queue_log")
+    cfg.agents = {ext: replace(model, talk_time=(20.0, 60.0)) for ext, model in cfg.agents.items()} or {
+        ext: AgentModel(talk_time=(20.0, 60.0)) for ext in ("201", "202")
+    }
+    config = default_config()
+    running = await start_sim(
+        cfg,
+        seed=7,
+        speed=SPEED,
+        ami_port=0,
+        username=config.ami.username,
+        secret="e2e-secret",
+        traffic=False,
+        start_epoch=start_of_demo_day(time.time()),
+    )
+    assert running.ami is not None
+    controller = Controller(
+        config,
+        Endpoints(
+            ami_port=running.ami.port,
+            ami_secret="e2e-secret",
+            agi_port=0,
+            redis_url=redis_url,
+            spool_path=str(tmp_path / "spool.jsonl"),
+        ),
+        clock=running.sim.now,
+        web=False,
+    )
+    await controller.start()
+    await asyncio.wait_for(controller.ami.wait_connected(), 10)
+    running.sim.config.agi_server = f"127.0.0.1:{controller.agi.port}"
+    running.sim.globals["IVR_AGI_HOST"] = "127.0.0.1"
+    running.sim.globals["IVR_AGI_PORT"] = str(controller.agi.port)
+    try:
+        yield Rig(running, controller, redis_url, Path(cfg.queue_log))
+    finally:
+        await controller.stop()
+        await running.stop()
+
+
+async def _run_traffic(rig: Rig, calls: int, per_hour: float, during: Any = None) -> int:
+    sim = rig.running.sim
+    traffic_cfg = replace(sim.config.traffic, calls=calls, arrivals_per_hour=per_hour, duration=0.0)
+    generator = TrafficGenerator(sim, traffic_cfg)
+    task = asyncio.create_task(generator.run())
+    if during is not None:
+        await during(sim)
+    await asyncio.wait_for(task, 120)
+    await sim.idle(real_seconds=120)
+    # let the last AMI events reach the controller before it stops
+    await asyncio.sleep(0.5)
+    await rig.controller.stop()
+    return generator.stats.placed
+
+
+async def _stored(redis_url: str) -> list[CallEvent]:
+    client = make_client(redis_url)
+    try:
+        return [e async for e in read_range(client)]
+    finally:
+        await client.aclose()
+
+
+def _by_call(events: list[CallEvent]) -> dict[str, list[CallEvent]]:
+    calls: dict[str, list[CallEvent]] = defaultdict(list)
+    for e in events:
+        if e.call:
+            calls[e.call].append(e)
+    return calls
+
+
+def _queue_log_outcomes(path: Path) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    for entry in parse_queue_log(path.read_text()):
+        outcome = QUEUE_LOG_OUTCOME.get(entry.event)
+        if outcome is not None and entry.callid not in outcomes:
+            outcomes[entry.callid] = outcome
+    return outcomes
+
+
+def _check_sequence(call: str, events: list[CallEvent]) -> None:
+    types = [e.type for e in sorted(events, key=lambda e: e.ts)]
+    assert types.count("call.start") == 1, (call, types)
+    assert types.count("call.end") == 1, (call, types)
+    if "agent.connect" in types:
+        assert "queue.join" in types and types.index("queue.join") < types.index("agent.connect"), types
+    if "agent.complete" in types:
+        assert types.index("agent.connect") < types.index("agent.complete"), types
+
+
+async def test_two_hundred_calls_reach_redis_with_the_queue_log_outcomes(rig: Rig) -> None:
+    placed = await _run_traffic(rig, 200, per_hour=1800)
+    assert placed == 200
+    events = await _stored(rig.redis_url)
+    calls = {
+        call: evs
+        for call, evs in _by_call(events).items()
+        if any(e.type == "call.start" and e.data.get("kind") == "inbound" for e in evs)
+    }
+    assert len(calls) == 200
+    for call, evs in calls.items():
+        _check_sequence(call, evs)
+    expected = _queue_log_outcomes(rig.queue_log)
+    assert expected, "the simulated queue_log recorded no queue exits"
+    ends = {call: next(e for e in evs if e.type == "call.end") for call, evs in calls.items()}
+    for callid, outcome in expected.items():
+        assert callid in ends, f"{callid} in queue_log but not in the stream"
+        got = ends[callid].data["outcome"]
+        assert got == outcome, (callid, got, outcome)
+    # stored once: ids unique
+    assert len({e.id for e in events}) == len(events)
+
+
+async def test_dropped_ami_connection_loses_no_call(rig: Rig) -> None:
+    async def drop_twice(sim: Any) -> None:
+        for _ in range(2):
+            await asyncio.sleep(1.5)
+            assert rig.running.ami is not None
+            rig.running.ami.drop_connections()
+
+    placed = await _run_traffic(rig, 120, per_hour=2400, during=drop_twice)
+    events = await _stored(rig.redis_url)
+    gaps = [e for e in events if e.type == "controller.gap"]
+    assert len(gaps) >= 1
+    assert rig.controller.ami.stats.reconnects >= 2
+    by_call = _by_call(events)
+    inbound = {call for call, evs in by_call.items() if any(e.type == "call.start" for e in evs)}
+    queue_log_calls = set(_queue_log_outcomes(rig.queue_log))
+    assert queue_log_calls <= inbound, sorted(queue_log_calls - inbound)[:5]
+    assert len(inbound) >= placed * 0.95
+    for call in inbound:
+        types = [e.type for e in by_call[call]]
+        assert "call.end" in types, (call, types)
