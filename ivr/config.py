@@ -47,6 +47,8 @@ from ivr.domain.hours import HOLIDAY_CALENDARS, Schedule, schedule_from_mapping
 __all__ = [
     "AGIConfig",
     "AMIConfig",
+    "AppointmentConfig",
+    "AppointmentPrompts",
     "CallbackConfig",
     "Config",
     "ConfigError",
@@ -270,6 +272,56 @@ class Prompts:
 
 
 @dataclass(frozen=True, slots=True)
+class AppointmentPrompts:
+    """What the appointment offer says (``[services.NAME.appointments.prompts]``).
+
+    Between them the IVR says the slot itself ("mardi 2 décembre à 14 heures 30") with
+    Asterisk's own French date sounds (``ivr.appointments.speech``).
+    """
+
+    #: Once, before the first slot: "Nous pouvons vous rappeler à l'heure de votre choix."
+    offer: str = "decroche/appointment-offer"
+    #: After each slot: "Pour ce créneau, tapez 1. Pour le suivant, tapez 2. Pour attendre un
+    #: conseiller, tapez 0."
+    choice: str = "decroche/appointment-choice"
+    #: Before the chosen slot is read back: "Vous avez choisi".
+    chosen: str = "decroche/appointment-chosen"
+    #: After it: "Pour confirmer, tapez 1. Pour choisir un autre créneau, tapez 2."
+    confirm: str = "decroche/appointment-confirm"
+    #: Before the booked slot: "Votre rendez-vous est enregistré. Un conseiller vous rappellera".
+    booked: str = "decroche/appointment-booked"
+    #: "Ce créneau vient d'être réservé par un autre usager."
+    taken: str = "decroche/appointment-taken"
+    #: No (more) slot: "Nous vous mettons en relation avec un conseiller."
+    none: str = "decroche/appointment-none"
+
+
+@dataclass(frozen=True, slots=True)
+class AppointmentConfig:
+    """Appointments (``[services.NAME.appointments]``): a caller who cannot be answered soon picks
+    a time and the service calls back then.
+
+    Slots of ``slot_minutes`` are cut from the opening hours (public holidays and closed
+    dates skipped), from ``min_lead_minutes`` after the call to ``horizon_days`` ahead; each
+    takes ``capacity`` bookings (the agents who will call back in that slot). The IVR reads
+    the first ``offered`` free slots one by one. ``queue`` is where the callback goes at the
+    slot time (the service's fallback queue when empty). Off by default: a slot nobody
+    staffs is a broken promise.
+    """
+
+    enabled: bool = False
+    queue: str = ""
+    slot_minutes: int = 30
+    capacity: int = 1
+    horizon_days: int = 14
+    min_lead_minutes: int = 60
+    offered: int = 3
+    timeout_s: float = 6.0
+    retries: int = 2
+    prompts: AppointmentPrompts = AppointmentPrompts()
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """One public service line: its hours, menus, inputs and the queue that is always there."""
 
@@ -283,6 +335,7 @@ class ServiceConfig:
     menus: Mapping[str, Menu]
     inputs: Mapping[str, InputSpec]
     prompts: Prompts
+    appointments: AppointmentConfig = AppointmentConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -950,6 +1003,7 @@ def _service(
         menu = _menu(mname, mt, ctx)
         if menu is not None:
             menus[mname] = menu
+    appointments = _appointments(t.table("appointments"), name, fallback, queues, checker, hours)
     t.done()
     if len(t.p.items) > start:
         return None
@@ -964,6 +1018,7 @@ def _service(
         menus=MappingProxyType(menus),
         inputs=MappingProxyType(inputs),
         prompts=prompts,
+        appointments=appointments,
     )
 
 
@@ -984,6 +1039,58 @@ def _prompts(t: _Table, checker: _PromptChecker) -> Prompts:
     values = {f: checker.get(t, f, getattr(d, f)) for f in Prompts.__dataclass_fields__}
     t.done()
     return Prompts(**values)
+
+
+def _appointments(
+    t: _Table,
+    service: str,
+    fallback: Any,
+    queues: Mapping[str, QueueConfig],
+    checker: _PromptChecker,
+    hours: Schedule | None,
+) -> AppointmentConfig:
+    """``[services.NAME.appointments]``; cross-checks that a slot can exist at all."""
+    d = AppointmentConfig()
+    queue = t.text("queue", fallback if isinstance(fallback, str) else "")
+    if t.has("queue") and isinstance(queue, str):
+        _check_queue(t, "queue", queue, service, queues)
+    pt = t.table("prompts")
+    dp = AppointmentPrompts()
+    prompts = AppointmentPrompts(
+        **{
+            f: checker.get(pt, f, getattr(dp, f), required=True)
+            for f in AppointmentPrompts.__dataclass_fields__
+        }
+    )
+    pt.done()
+    cfg = AppointmentConfig(
+        enabled=t.flag("enabled", d.enabled),
+        queue=queue,
+        slot_minutes=t.integer("slot_minutes", d.slot_minutes, lo=5, hi=8 * 60),
+        capacity=t.integer("capacity", d.capacity, lo=1, hi=10_000),
+        horizon_days=t.integer("horizon_days", d.horizon_days, lo=1, hi=90),
+        min_lead_minutes=t.integer("min_lead_minutes", d.min_lead_minutes, lo=0, hi=90 * 24 * 60),
+        offered=t.integer("offered", d.offered, lo=1, hi=9),
+        timeout_s=t.number("timeout_s", d.timeout_s, lo=0.5, hi=120),
+        retries=t.integer("retries", d.retries, lo=0, hi=10),
+        prompts=prompts,
+    )
+    lead, horizon, slot = cfg.min_lead_minutes, cfg.horizon_days, cfg.slot_minutes
+    if isinstance(lead, int) and isinstance(horizon, int) and lead >= horizon * 24 * 60:
+        t.error(
+            "min_lead_minutes",
+            f"{lead} minutes is not before the horizon of {horizon} day(s): no slot could ever be offered",
+        )
+    if cfg.enabled is True and isinstance(slot, int) and hours is not None:
+        ranges = [r for day in (*hours.weekly, *hours.special.values()) for r in day]
+        if not any(end - start >= slot for start, end in ranges):
+            t.error(
+                "slot_minutes",
+                f"{slot} minutes is longer than every opening range of the service's hours: "
+                "no slot fits, so none could be offered",
+            )
+    t.done()
+    return cfg
 
 
 def _hours(t: _Table, timezone: str, holidays: str | None) -> Schedule | None:

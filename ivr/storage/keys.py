@@ -17,7 +17,14 @@ key                                type         what
 ``ivr:cb:{callback_id}``           hash         one callback request
 ``ivr:cb:lease:{callback_id}``     string+PX    a dispatcher's claim on a callback
 ``ivr:cb:number:{number_hash}``    string       the one open request of a (hashed) number
+``ivr:cb:queue:{queue}``           sorted set   callbacks of a queue waiting to be dialled, by join time
+``ivr:cb:inflight``                sorted set   callbacks being dialled, by when their lease is checked
+``ivr:cb:ringing:{queue}``         sorted set   callbacks of a queue whose Originate has no agent yet
+``ivr:cb:closed``                  sorted set   closed callbacks by closing time (supervisors' list)
 ``ivr:slots:{service}:{date}``     hash         appointment capacity of a day (YYYY-MM-DD)
+``ivr:appt:{booking_id}``          hash+TTL     one appointment booking
+``ivr:appt:due``                   sorted set   open appointment bookings, by slot start time
+``ivr:appt:number:{svc}:{hash}``   string+TTL   the one open booking of a (hashed) number at a service
 ``ivr:kpi:{queue}:{yyyymmddhh}``   hash         hourly counters of a queue
 ``ivr:hb:{instance}``              string+TTL   heartbeat of a controller instance
 =================================  ===========  =============================================
@@ -44,7 +51,9 @@ _PREFIX_RE: Final = re.compile(r"[^\s:]+(?::[^\s:]+)*")
 _DATE_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 _HOUR_RE: Final = re.compile(r"\d{10}")
 # Names under ivr:cb: that are not callback ids.
-_CB_RESERVED: Final = frozenset({"pending", "lease", "number"})
+_CB_RESERVED: Final = frozenset({"pending", "lease", "number", "queue", "inflight", "ringing", "closed"})
+# Names under ivr:appt: that are not booking ids.
+_APPT_RESERVED: Final = frozenset({"due", "number"})
 
 
 def _part(kind: str, value: str) -> str:
@@ -99,6 +108,24 @@ class Keys:
         """The open callback of a number, by its keyed hash (never the number itself)."""
         return f"{self.prefix}:cb:number:{_part('number hash', number_hash)}"
 
+    def cb_queue(self, queue: str) -> str:
+        """Callbacks of one queue waiting to be dialled (status pending), scored by original join time."""
+        return f"{self.prefix}:cb:queue:{_part('queue', queue)}"
+
+    @property
+    def cb_inflight(self) -> str:
+        """Callbacks being dialled (status dialing), scored by when their lease should be checked."""
+        return f"{self.prefix}:cb:inflight"
+
+    def cb_ringing(self, queue: str) -> str:
+        """Callbacks of ``queue`` whose Originate has not reached an agent yet: each holds a free agent."""
+        return f"{self.prefix}:cb:ringing:{_part('queue', queue)}"
+
+    @property
+    def cb_closed(self) -> str:
+        """Closed callbacks (completed, failed, expired, cancelled) by closing time, for supervisors."""
+        return f"{self.prefix}:cb:closed"
+
     # -- appointments, counters, liveness ------------------------------------
 
     def slots(self, service: str, day: date | str) -> str:
@@ -124,6 +151,23 @@ class Keys:
     def hb(self, instance: str) -> str:
         """Heartbeat of one controller instance (SET with a TTL, refreshed while alive)."""
         return f"{self.prefix}:hb:{_part('instance', instance)}"
+
+    # -- appointment bookings --------------------------------------------------
+
+    def appt(self, booking_id: str) -> str:
+        """Hash of one appointment booking (``ivr.appointments.store``)."""
+        if booking_id in _APPT_RESERVED:
+            raise ValueError(f"booking id {booking_id!r} is reserved")
+        return f"{self.prefix}:appt:{_part('booking id', booking_id)}"
+
+    @property
+    def appt_due(self) -> str:
+        """Open bookings scored by slot start (epoch s): what the dispatcher calls back, and when."""
+        return f"{self.prefix}:appt:due"
+
+    def appt_number(self, service: str, number_hash: str) -> str:
+        """The open booking of a number at a service, by the number's keyed hash (never the number)."""
+        return f"{self.prefix}:appt:number:{_part('service', service)}:{_part('number hash', number_hash)}"
 
 
 #: The key names of a default deployment.
