@@ -132,7 +132,11 @@ class AGIServer:
         if self._server is not None:
             raise RuntimeError("AGI server already started")
         self._closing = False
-        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        # A burst of calls connects at once: a listen backlog below max_sessions makes the
+        # kernel drop SYNs, and those callers wait a second for the retransmission.
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self._port, backlog=max(100, self.config.agi.max_sessions)
+        )
         log.info("agi.listening", host=self.host, port=self.port, max_sessions=self.config.agi.max_sessions)
 
     async def stop(self, grace: float | None = None) -> None:

@@ -13,6 +13,13 @@ Two quirks make a naive client drift (panoramisk 1.4 does):
   shift onto the wrong command.
 * A syntax error is answered on several lines: ``520-Invalid command syntax.  Proper
   usage follows:``, usage text, ``520 End of proper usage.``; they form one reply.
+  (Without usage text it is one line, ``520 Invalid command syntax.  Proper usage not
+  available.``.) GOSUB also answers ``100 result=0 Trying...`` before its real reply.
+
+Where the recordings are silent, the rules come from ``res/res_agi.c`` (Asterisk 22):
+``run_agi`` reads a command with ``fgets`` into 8192 bytes and strips only its LF,
+``parse_args`` splits it into at most 127 words, ``agi_handle_command`` writes the
+replies, ``setup_env`` the environment.
 
 :class:`AGIServerConnection` is the controller's side (receive environment and replies,
 send commands); :class:`AGIClientConnection` is Asterisk's side, used by the simulator
@@ -22,11 +29,10 @@ send commands); :class:`AGIClientConnection` is Asterisk's side, used by the sim
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qs
 
 from ivr.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -49,17 +55,23 @@ __all__ = [
     "get_variable",
     "hangup",
     "parse_command",
+    "say_date",
+    "say_datetime",
     "say_digits",
     "say_number",
+    "say_time",
     "set_variable",
     "stream_file",
     "verbose",
     "wait_for_digit",
 ]
 
-#: ``res/res_agi.c`` reads a command into ``char buf[AGI_BUF_LEN]`` (2048) and splits it
-#: into at most ``MAX_ARGS`` (128) words; we refuse to send more.
-AGI_BUF_LEN: Final = 2048
+#: ``res/res_agi.c`` (``run_agi``) reads a command with ``fgets`` into ``char
+#: buf[AGI_BUF_LEN]``: 8192 since Asterisk 22.6 (2048 before), so a command line, its LF
+#: included, must stay within 8191 bytes or the rest is read as a second command.
+AGI_BUF_LEN: Final = 8192
+#: ``parse_args`` keeps at most ``MAX_ARGS - 1`` (127) words and silently drops the rest
+#: ("Too many arguments, truncating"); we refuse to send more.
 AGI_MAX_ARGS: Final = 128
 
 DEFAULT_MAX_LINE: Final = 16 * 1024
@@ -69,6 +81,7 @@ DEFAULT_MAX_USAGE_LINES: Final = 256
 HANGUP_LINE: Final = "HANGUP"
 USAGE_START: Final = "520-Invalid command syntax.  Proper usage follows:"
 USAGE_END: Final = "520 End of proper usage."
+TEXT_520_NO_USAGE: Final = "520 Invalid command syntax.  Proper usage not available."
 TEXT_510: Final = "510 Invalid or unknown command"
 TEXT_511: Final = "511 Command Not Permitted on a dead channel or intercept routine"
 
@@ -85,6 +98,14 @@ class _Sentinel:
 
 NEED_DATA: Final = _Sentinel("NEED_DATA")
 CLOSED: Final = _Sentinel("CLOSED")
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of text we are about to send; a lone surrogate cannot go on the wire."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"text is not valid Unicode: {exc.reason} at {exc.start}") from None
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -193,17 +214,39 @@ class Command:
 
     def encode(self) -> bytes:
         """The command line as sent, quoting arguments the way ``parse_args`` reads them."""
-        if not self.name or any(c in self.name for c in '\r\n"\\'):
-            raise LocalProtocolError(f"invalid AGI command name {self.name!r}")
-        if len(self.args) + len(self.name.split()) > AGI_MAX_ARGS:
-            raise LocalProtocolError(f"AGI command {self.name!r} has more than {AGI_MAX_ARGS} words")
-        line = " ".join([self.name, *map(_quote, self.args)]) + "\n"
-        data = line.encode("utf-8")
+        name = self.name
+        words = _NAME_WORDS.get(name)
+        if words is None:
+            words = _check_name(name)
+        args = self.args
+        if args:
+            if len(args) + words > AGI_MAX_ARGS - 1:
+                raise LocalProtocolError(f"AGI command {name!r} has more than {AGI_MAX_ARGS - 1} words")
+            line = name + " " + " ".join(map(_quote, args)) + "\n"
+        else:
+            line = name + "\n"
+        try:
+            data = line.encode("utf-8")
+        except UnicodeEncodeError:
+            data = _utf8(line)  # raises LocalProtocolError
         if len(data) > AGI_BUF_LEN - 1:
             raise LocalProtocolError(
                 f"AGI command line of {len(data)} bytes exceeds Asterisk's {AGI_BUF_LEN - 1}"
             )
         return data
+
+
+#: Word counts of the command names already checked (commands are sent over and over).
+_NAME_WORDS: Final[dict[str, int]] = {}
+
+
+def _check_name(name: str) -> int:
+    if not name.strip() or any(c in name for c in '\r\n\0"\\'):
+        raise LocalProtocolError(f"invalid AGI command name {name!r}")
+    words = len(name.split())
+    if len(_NAME_WORDS) < 256:  # a bounded cache: names come from code, not from peers
+        _NAME_WORDS[name] = words
+    return words
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +257,14 @@ class UnknownCommand:
     words: tuple[str, ...]
 
 
+_PLAIN_ARG: Final = re.compile(r'[^ \t"\\\r\n\0]+')
+
+
 def _quote(arg: str) -> str:
+    if _PLAIN_ARG.fullmatch(arg):
+        return arg
     if "\r" in arg or "\n" in arg or "\0" in arg:
         raise LocalProtocolError(f"AGI argument contains CR, LF or NUL: {arg[:40]!r}")
-    if arg and not any(c in arg for c in ' \t"\\'):
-        return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -260,7 +306,7 @@ def wait_for_digit(timeout_ms: int) -> Command:
 
 
 def say_digits(digits: str, escape_digits: str = "") -> Command:
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         raise LocalProtocolError(f"SAY DIGITS takes digits, got {digits!r}")
     return Command("SAY DIGITS", (digits, _digits_arg(escape_digits)))
 
@@ -270,6 +316,45 @@ def say_number(number: int, escape_digits: str = "", gender: str | None = None) 
     if gender is not None:
         args.append(gender)
     return Command("SAY NUMBER", tuple(args))
+
+
+def say_date(epoch: int, escape_digits: str = "") -> Command:
+    """Say the date of ``epoch`` in the channel's language, in *Asterisk's* local timezone.
+
+    ``handle_saydate`` in res/res_agi.c takes no timezone: prefer :func:`say_datetime`, which
+    does, when the PBX's zone may differ from the service's.
+    """
+    return Command("SAY DATE", (str(int(epoch)), _digits_arg(escape_digits)))
+
+
+def say_time(epoch: int, escape_digits: str = "") -> Command:
+    """Say the time of day of ``epoch``, in Asterisk's local timezone (see :func:`say_date`)."""
+    return Command("SAY TIME", (str(int(epoch)), _digits_arg(escape_digits)))
+
+
+def say_datetime(
+    epoch: int, escape_digits: str = "", format: str | None = None, timezone: str | None = None
+) -> Command:
+    """``SAY DATETIME``: say ``epoch`` with an ``ast_say_date_with_format`` ``format`` in ``timezone``.
+
+    ``format`` letters are those of main/say.c (``A`` weekday, ``d`` day of month, ``B`` month,
+    ``H`` hour, ``M`` minutes, ``'sound'`` a sound file ...); without it Asterisk uses its
+    English-style ``"ABdY 'digits/at' IMp"``. ``timezone`` is an IANA name (``Europe/Paris``);
+    it is positional after the format in ``handle_saydatetime`` (res/res_agi.c), so it
+    needs one: an empty format would make Asterisk say nothing.
+    """
+    args = [str(int(epoch)), _digits_arg(escape_digits)]
+    if format is not None:
+        if not format.strip():
+            raise LocalProtocolError("SAY DATETIME format must not be empty (Asterisk would say nothing)")
+        args.append(format)
+    if timezone is not None:
+        if format is None:
+            raise LocalProtocolError("SAY DATETIME needs a format before a timezone")
+        if not timezone or any(c.isspace() for c in timezone):
+            raise LocalProtocolError(f"invalid timezone for SAY DATETIME: {timezone!r}")
+        args.append(timezone)
+    return Command("SAY DATETIME", tuple(args))
 
 
 def set_variable(name: str, value: str) -> Command:
@@ -318,47 +403,53 @@ KNOWN_COMMANDS: Final[tuple[tuple[str, ...], ...]] = tuple(
 
 
 def split_args(line: str) -> list[str]:
-    """Split a command line into words exactly as ``parse_args()`` in res_agi.c does.
+    """Split a command line into words exactly as ``parse_args()`` in ``res/res_agi.c`` does.
 
-    Double quotes group words (``""`` is an empty word), a backslash makes the next
-    character literal, spaces and tabs separate words outside quotes.
+    Double quotes group words (``""`` is an empty word) and may open in the middle of a
+    word, a backslash makes the next character literal, spaces and tabs separate words
+    outside quotes; a NUL ends the line (it is a C string). Like Asterisk, the words
+    after the 127th are dropped unless they open with a quote, for which Asterisk forgets
+    the check (and writes past its ``argv``); :meth:`Command.encode` never sends that many.
     """
-    words: list[str] = []
-    cur: list[str] | None = None
+    words: list[list[str]] = []
     quoted = escaped = False
-    for ch in line:
+    whitespace = True  # between words: the next literal character starts a word
+    for ch in line.partition("\0")[0]:
         if ch == '"' and not escaped:
             quoted = not quoted
-            if quoted and cur is None:
-                cur = []
-                words.append("")
+            if quoted and whitespace:
+                words.append([])
+                whitespace = False
             continue
         if ch in " \t" and not quoted and not escaped:
-            if cur is not None:
-                words[-1] = "".join(cur)
-                cur = None
+            whitespace = True
             continue
         if ch == "\\" and not escaped:
             escaped = True
             continue
-        if cur is None:
-            cur = []
-            words.append("")
-        cur.append(ch)
+        if whitespace:
+            if len(words) >= AGI_MAX_ARGS - 1:
+                continue  # "Too many arguments, truncating": dropped, ``escaped`` kept
+            words.append([])
+            whitespace = False
+        words[-1].append(ch)
         escaped = False
-    if cur is not None:
-        words[-1] = "".join(cur)
-    return words
+    return ["".join(word) for word in words]
 
 
 def parse_command(line: str) -> Command | UnknownCommand:
-    """Parse one command line received from a FastAGI server (the simulator's side)."""
-    words = split_args(line.rstrip("\r\n"))
-    upper = [w.upper() for w in words]
+    """Parse one command line received from a FastAGI server (the simulator's side).
+
+    As in ``run_agi``, only the final LF is removed: a CR before it stays in the last
+    word, so ``ANSWER\\r`` names no command and Asterisk answers 510.
+    """
+    line = line.removesuffix("\n")
+    words = split_args(line)
+    upper = [w.upper() if w.isascii() else w for w in words]  # strcasecmp folds ASCII only
     for name in KNOWN_COMMANDS:
         if tuple(upper[: len(name)]) == name:
             return Command(" ".join(name), tuple(words[len(name) :]))
-    return UnknownCommand(line.rstrip("\r\n"), tuple(words))
+    return UnknownCommand(line, tuple(words))
 
 
 def encode_reply(
@@ -368,29 +459,48 @@ def encode_reply(
     endpos: int | None = None,
     usage: Iterable[str] = (),
 ) -> bytes:
-    """Encode a reply as Asterisk writes it.
+    """Encode a reply as Asterisk writes it (``agi_handle_command`` in ``res/res_agi.c``).
 
     200 replies carry ``result=`` and optionally ``(data)`` and ``endpos=``; 510 and 511
-    carry Asterisk's fixed texts; 520 wraps the usage lines between its two markers.
+    carry Asterisk's fixed texts; 520 wraps the usage lines between its two markers, or,
+    without usage, is Asterisk's one-line ``520 Invalid command syntax.  Proper usage not
+    available.`` Anything that would break the line framing is refused
+    (:class:`LocalProtocolError`): CR, LF or NUL in any part, white space in ``result``,
+    a usage line a reader would take for the closing ``520 `` line.
     """
     if code == 200:
-        parts = [f"200 result={'' if result is None else result}"]
+        res = "" if result is None else str(result)
+        if any(c.isspace() or c == "\0" for c in res):
+            raise LocalProtocolError(f"AGI result must be one word, got {res!r}")
+        parts = [f"200 result={res}"]
         if data is not None:
+            _check_reply_text(data)
             parts.append(f"({data})")
         if endpos is not None:
-            parts.append(f"endpos={endpos}")
+            parts.append(f"endpos={int(endpos)}")
         text = " ".join(parts) + "\n"
     elif code == 510:
         text = TEXT_510 + "\n"
     elif code == 511:
         text = TEXT_511 + "\n"
     elif code == 520:
-        text = "".join([USAGE_START + "\n", *(f"{u}\n" for u in usage), USAGE_END + "\n"])
+        lines = list(usage)
+        for line in lines:
+            _check_reply_text(line)
+            if line.startswith("520 "):
+                raise LocalProtocolError(f"520 usage line would end the reply early: {line[:40]!r}")
+        if lines:
+            text = "".join([USAGE_START + "\n", *(f"{u}\n" for u in lines), USAGE_END + "\n"])
+        else:
+            text = TEXT_520_NO_USAGE + "\n"
     else:
         raise LocalProtocolError(f"unsupported AGI reply code {code}")
-    if "\r" in text or text.count("\n") != text.rstrip("\n").count("\n") + 1:
-        raise LocalProtocolError("AGI reply contains a stray line break")
-    return text.encode("utf-8")
+    return _utf8(text)
+
+
+def _check_reply_text(text: str) -> None:
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise LocalProtocolError(f"AGI reply text contains CR, LF or NUL: {text[:40]!r}")
 
 
 def encode_environment(variables: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
@@ -404,20 +514,27 @@ def encode_environment(variables: Mapping[str, str] | Iterable[tuple[str, str]])
             raise LocalProtocolError(f"AGI environment {key!r}: value contains CR or LF")
         out.append(f"{key}: {value}\n")
     out.append("\n")
-    return "".join(out).encode("utf-8")
+    return _utf8("".join(out))
 
 
 # -- line reader shared by both sides ------------------------------------------------------------
 
 
 class _LineReader:
-    """Bounded LF line splitter; CR before LF is dropped."""
+    """Bounded LF line splitter.
 
-    __slots__ = ("_buf", "_eof", "_overlong", "max_line")
+    ``max_line`` bounds a line's content, its line end excluded. With ``keep_cr`` false a
+    CR before the LF is dropped (we accept CRLF from Asterisk); Asterisk's own reader
+    keeps it, and so does the simulator's side.
+    """
 
-    def __init__(self, max_line: int) -> None:
+    __slots__ = ("_buf", "_eof", "_keep_cr", "_overlong", "_scanned", "max_line")
+
+    def __init__(self, max_line: int, *, keep_cr: bool = False) -> None:
         self.max_line = max_line
+        self._keep_cr = keep_cr
         self._buf = bytearray()
+        self._scanned = 0  # bytes at the head of the buffer known to hold no LF
         self._eof = False
         self._overlong = False
 
@@ -435,48 +552,110 @@ class _LineReader:
     def pending(self) -> int:
         return len(self._buf)
 
+    @property
+    def buffered(self) -> bytes:
+        return bytes(self._buf)
+
     def line(self) -> str | None:
         """The next complete line, or None. Raises for an over-long line (then skips it)."""
         buf = self._buf
-        end = buf.find(b"\n")
-        if self._overlong:
+        end = buf.find(b"\n", self._scanned)
+        if end < 0 or self._overlong:
+            return self._no_line(end)
+        stop = end - 1 if not self._keep_cr and end and buf[end - 1] == 13 else end  # CRLF
+        if stop > self.max_line:
+            del buf[: end + 1]
+            self._scanned = 0
+            raise RemoteProtocolError(f"AGI line exceeds {self.max_line} bytes")
+        text = buf[:stop].decode("utf-8", "replace")
+        del buf[: end + 1]
+        self._scanned = 0
+        return text
+
+    def _no_line(self, end: int) -> str | None:
+        buf = self._buf
+        if self._overlong:  # skip the rest of a line already reported as too long
             if end < 0:
                 buf.clear()
+                self._scanned = 0
                 return None
             del buf[: end + 1]
             self._overlong = False
-            end = buf.find(b"\n")
-        if end < 0:
-            if len(buf) > self.max_line:
-                buf.clear()
-                self._overlong = True
-                raise RemoteProtocolError(f"AGI line exceeds {self.max_line} bytes")
-            return None
-        if end > self.max_line:
-            del buf[: end + 1]
+            self._scanned = 0
+            return self.line()
+        if len(buf) > self.max_line + (0 if self._keep_cr else 1):
+            buf.clear()
+            self._scanned = 0
+            self._overlong = True
             raise RemoteProtocolError(f"AGI line exceeds {self.max_line} bytes")
-        raw = bytes(buf[:end])
-        del buf[: end + 1]
-        if raw[-1:] == b"\r":
-            raw = raw[:-1]
-        return raw.decode("utf-8", "replace")
+        self._scanned = len(buf)
+        return None
 
 
-_REPLY_200 = re.compile(r"200 result=(\S*)(?: \((.*)\))?(?: endpos=(-?\d+))?\s*")
+_REPLY_200 = re.compile(r"(\S*)(?: \((.*)\))?(?: endpos=(-?\d+))?(.*)")  # after "200 result="
+_ENDPOS = re.compile(r"(?:^| )endpos=(-?\d+)(?= |$)")
+
+
+def _reply_code(line: str) -> int | None:
+    """The status code of a reply line (three digits, then a space, a dash or nothing)."""
+    code = line[:3]
+    if len(code) == 3 and code.isascii() and code.isdigit() and (len(line) == 3 or line[3] in " -"):
+        return int(code)
+    return None
 
 
 def parse_reply_line(line: str) -> Reply:
-    """Parse a one-line reply (anything but the 520 block)."""
-    if line.startswith("200"):
-        m = _REPLY_200.fullmatch(line)
-        if m is None:
-            raise RemoteProtocolError(f"malformed AGI 200 reply: {line[:80]!r}")
-        endpos = int(m.group(3)) if m.group(3) is not None else None
-        return Reply(200, m.group(1), m.group(2), endpos, line)
-    code = line[:3]
-    if not code.isdigit() or (len(line) > 3 and line[3] not in " -"):
+    """Parse a one-line reply (anything but the 520 block).
+
+    Beyond ``result=``, ``(data)`` and ``endpos=``, a 200 reply may carry more text
+    (``200 result=1 (digit) digit=5 endpos=0`` from SPEECH RECOGNIZE, ``200 result=0
+    Gosub complete``): it stays in ``text``. The data runs to the last ``)`` so that a
+    variable's value may itself hold parentheses.
+    """
+    if line.startswith("200 result="):
+        return _parse_200(line)
+    code = _reply_code(line)
+    if code is None:
         raise RemoteProtocolError(f"malformed AGI reply: {line[:80]!r}")
-    return Reply(int(code), text=line)
+    if code == 200:
+        raise RemoteProtocolError(f"AGI 200 reply without result=: {line[:80]!r}")
+    return _new_reply(code, None, None, None, line)
+
+
+def _parse_200(line: str) -> Reply:
+    """A line starting with ``200 result=``."""
+    rest = line[11:]
+    if " " not in rest:  # "200 result=1": most replies
+        return _new_reply(200, rest, None, None, line)
+    m = _REPLY_200.fullmatch(rest)
+    assert m is not None  # every group is optional
+    result, data, endpos, rest = m.groups()
+    if endpos is None and rest:
+        found = _ENDPOS.search(rest)
+        endpos = found.group(1) if found else None
+    return _new_reply(200, result, data, int(endpos) if endpos is not None else None, line)
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    return cast(Callable[[object, Any], None], vars(cls)[name].__set__)
+
+
+_set_code, _set_result, _set_data, _set_endpos, _set_text, _set_usage = (
+    _slot_setter(Reply, name) for name in ("code", "result", "data", "endpos", "text", "usage")
+)
+
+
+def _new_reply(code: int, result: str | None, data: str | None, endpos: int | None, text: str) -> Reply:
+    """A :class:`Reply` built through its slot descriptors: the frozen dataclass's
+    ``__init__`` goes through ``object.__setattr__`` six times and costs twice as much."""
+    reply = object.__new__(Reply)
+    _set_code(reply, code)
+    _set_result(reply, result)
+    _set_data(reply, data)
+    _set_endpos(reply, endpos)
+    _set_text(reply, text)
+    _set_usage(reply, ())
+    return reply
 
 
 class ServerState(Enum):
@@ -488,6 +667,10 @@ class ServerState(Enum):
     USAGE = "usage"  # inside a multi-line 520 reply
     CLOSED = "closed"  # the peer closed the connection
 
+    # Members are singletons compared by identity; Enum's own __hash__ (the name's hash,
+    # written in Python) would make every transition lookup pay a Python call.
+    __hash__ = object.__hash__
+
 
 #: Which state each input moves the server side to (h11's "state machine as data").
 _SERVER_TRANSITIONS: Final[dict[tuple[ServerState, str], ServerState]] = {
@@ -498,6 +681,8 @@ _SERVER_TRANSITIONS: Final[dict[tuple[ServerState, str], ServerState]] = {
     (ServerState.USAGE, "usage_end"): ServerState.IDLE,
 }
 
+_HANGUP_NOTICE: Final = HangupNotice()
+
 
 class AGIServerConnection:
     """The controller's side of one FastAGI session.
@@ -506,6 +691,12 @@ class AGIServerConnection:
     :class:`AGIEnvironment` once, then a :class:`Reply` per command sent with
     :meth:`send` (one at a time), and :class:`HangupNotice` whenever Asterisk says the
     channel hung up. ``CLOSED`` after end of stream.
+
+    A line that arrives while a command is outstanding is its reply if it starts with a
+    status code, even a malformed one (then :class:`RemoteProtocolError` is raised, the
+    command counts as answered), so that no later reply shifts onto the wrong command; a
+    line without a code answers nothing and raises. GOSUB's provisional ``100 result=0
+    Trying...`` is skipped: the reply follows it.
     """
 
     def __init__(
@@ -524,7 +715,6 @@ class AGIServerConnection:
         self._usage: list[str] = []
         self._max_env_lines = max_env_lines
         self._max_usage_lines = max_usage_lines
-        self._events: deque[AGIEnvironment | Reply | HangupNotice] = deque()
 
     def _move(self, what: str) -> None:
         try:
@@ -535,6 +725,15 @@ class AGIServerConnection:
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from Asterisk; ``b""`` means it closed the connection."""
         self._lines.feed(data)
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received but not yet read as a line.
+
+        Once :meth:`next_event` has returned NEED_DATA this is at most ``max_line + 1``
+        bytes (a line's content and the CR of its CRLF), whatever Asterisk sent.
+        """
+        return self._lines.buffered
 
     def send(self, command: Command) -> bytes:
         """Bytes to write for ``command``. Only one command may be outstanding."""
@@ -547,17 +746,23 @@ class AGIServerConnection:
 
     def next_event(self) -> AGIEnvironment | Reply | HangupNotice | _Sentinel:
         """The next event, ``NEED_DATA`` or ``CLOSED``."""
-        while not self._events:
+        lines = self._lines
+        while True:
             if self.state is ServerState.CLOSED:
                 return CLOSED
-            line = self._lines.line()
+            line = lines.line()
             if line is None:
-                if self._lines.eof:
+                if lines.eof:
                     self._close()
                     continue
                 return NEED_DATA
-            self._handle(line)
-        return self._events.popleft()
+            event: AGIEnvironment | Reply | HangupNotice | None
+            if self.state is ServerState.AWAITING_REPLY:
+                event = self._reply(line)
+            else:
+                event = self._other(line)
+            if event is not None:
+                return event
 
     def _close(self) -> None:
         state = self.state
@@ -569,14 +774,40 @@ class AGIServerConnection:
         if state is ServerState.USAGE:
             raise RemoteProtocolError("connection closed inside a 520 usage reply")
 
-    def _handle(self, line: str) -> None:
+    def _reply(self, line: str) -> Reply | HangupNotice | None:
+        """A line while a command is outstanding: the hot path."""
+        code: int | None
+        if line.startswith("200 result="):
+            code = 200
+        elif line == HANGUP_LINE:
+            self.hung_up = True
+            return _HANGUP_NOTICE
+        elif line.startswith("520-"):
+            self._move("usage_start")
+            return None
+        else:
+            code = _reply_code(line)
+            if code is None:
+                # Asterisk's replies all start with a status code: this line answers
+                # nothing, and the reply is still to come.
+                raise RemoteProtocolError(f"AGI line is not a reply: {line[:80]!r}")
+            if code == 100:
+                return None  # provisional (GOSUB's "100 result=0 Trying..."); the reply follows
+        # From here on the line is the reply, even if malformed.
+        self._move("reply")
+        self.pending = None
+        reply = _parse_200(line) if line.startswith("200 result=") else parse_reply_line(line)
+        if code == 511:
+            self.hung_up = True
+        return reply
+
+    def _other(self, line: str) -> AGIEnvironment | Reply | HangupNotice | None:
         state = self.state
         if state is ServerState.ENVIRONMENT:
             if line == "":
                 self.environment = AGIEnvironment(dict(self._env))
                 self._move("env_end")
-                self._events.append(self.environment)
-                return
+                return self.environment
             key, sep, value = line.partition(": ")
             if not sep:
                 key, sep, value = line.partition(":")
@@ -585,33 +816,21 @@ class AGIServerConnection:
             if len(self._env) >= self._max_env_lines:
                 raise RemoteProtocolError(f"AGI environment exceeds {self._max_env_lines} lines")
             self._env[key] = value
-            return
+            return None
         if state is ServerState.USAGE:
             if line.startswith("520 "):
                 self._move("usage_end")
                 self.pending = None
-                self._events.append(Reply(520, text=USAGE_START, usage=tuple(self._usage)))
-                self._usage = []
-            elif len(self._usage) >= self._max_usage_lines:
+                usage, self._usage = tuple(self._usage), []
+                return Reply(520, text=USAGE_START, usage=usage)
+            if len(self._usage) >= self._max_usage_lines:
                 raise RemoteProtocolError(f"520 usage exceeds {self._max_usage_lines} lines")
-            else:
-                self._usage.append(line)
-            return
+            self._usage.append(line)
+            return None
         if line == HANGUP_LINE:
             self.hung_up = True
-            self._events.append(HangupNotice())
-            return
-        if state is not ServerState.AWAITING_REPLY:
-            raise RemoteProtocolError(f"unsolicited AGI line: {line[:80]!r}")
-        if line.startswith("520-"):
-            self._move("usage_start")
-            return
-        reply = parse_reply_line(line)
-        self._move("reply")
-        self.pending = None
-        if reply.code == 511:
-            self.hung_up = True
-        self._events.append(reply)
+            return _HANGUP_NOTICE
+        raise RemoteProtocolError(f"unsolicited AGI line: {line[:80]!r}")
 
 
 class AGIClientConnection:
@@ -620,10 +839,15 @@ class AGIClientConnection:
     :meth:`start` gives the environment block to send; then each complete command line
     from the server comes out of :meth:`next_event` as a :class:`Command` (or an
     :class:`UnknownCommand`, answered 510) and :meth:`reply` encodes the answer.
+
+    Lines are read as ``run_agi`` reads them: only the LF ends a line (a CR stays in the
+    command) and a command line is at most ``AGI_BUF_LEN - 2`` bytes before its LF.
+    Asterisk would read the rest of a longer line as a second command; here it is
+    refused with :class:`RemoteProtocolError`.
     """
 
-    def __init__(self, *, max_line: int = AGI_BUF_LEN) -> None:
-        self._lines = _LineReader(max_line)
+    def __init__(self, *, max_line: int = AGI_BUF_LEN - 2) -> None:
+        self._lines = _LineReader(max_line, keep_cr=True)
         self.started = False
         self.awaiting_reply = False
         self.closed = False
@@ -635,7 +859,18 @@ class AGIClientConnection:
         return encode_environment(environment)
 
     def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the server; ``b""`` means it closed the connection."""
         self._lines.feed(data)
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received but not yet read as a command.
+
+        Bounded like the server side's while no command awaits a reply; while one does,
+        further commands are not read (Asterisk runs one at a time), so a server that
+        writes on without waiting fills this buffer, as it would fill Asterisk's socket.
+        """
+        return self._lines.buffered
 
     def next_event(self) -> Command | UnknownCommand | _Sentinel:
         """The next command from the server, ``NEED_DATA`` or ``CLOSED``."""
@@ -665,6 +900,17 @@ class AGIClientConnection:
         """Encode the reply to the pending command, optionally after the inline HANGUP."""
         if not self.awaiting_reply:
             raise LocalProtocolError("no command is waiting for a reply")
-        self.awaiting_reply = False
         out = encode_reply(code, result, data, endpos, usage)
+        self.awaiting_reply = False
         return (HANGUP_LINE + "\n").encode() + out if hangup_first else out
+
+    def hangup_notice(self) -> bytes:
+        """The unsolicited ``HANGUP`` line, written when the channel hangs up between commands.
+
+        ``run_agi`` writes it at the top of its loop, before reading the next command;
+        when the server has already sent that command, use ``reply(...,
+        hangup_first=True)`` instead, which is how the bytes then arrive.
+        """
+        if self.awaiting_reply:
+            raise LocalProtocolError("a command is waiting: use reply(..., hangup_first=True)")
+        return (HANGUP_LINE + "\n").encode()
