@@ -518,3 +518,17 @@ def test_list_collector_error_and_protocol_violations() -> None:
                 "Event: QueueStatusComplete\r\nActionID: q-2\r\nEventList: Complete\r\nListItems: x\r\n\r\n"
             )
         )
+
+
+def test_action_header_may_stand_anywhere_in_an_action() -> None:
+    """Asterisk reads Action wherever it is; panoramisk sends headers sorted by name."""
+    from ivr.protocol.ami import Action, AMIParser
+
+    parser = AMIParser(expect_banner=False)
+    parser.receive_data(b"Account: x\r\nAction: Originate\r\nActionID: 7\r\nChannel: Local/1@a\r\n\r\n")
+    msg = parser.next_event()
+    assert isinstance(msg, Action)
+    assert (msg.name, msg.action_id, msg["Channel"]) == ("Originate", "7", "Local/1@a")
+    parser.receive_data(b"Account: x\r\nChannel: y\r\n\r\n")
+    with pytest.raises(RemoteProtocolError):
+        parser.next_event()

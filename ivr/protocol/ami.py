@@ -622,7 +622,13 @@ def _build_one(lines: list[str]) -> Event | Response | Action | RemoteProtocolEr
     first_key, first_value = pairs[0]
     kind = _KINDS.get(first_key) or _KINDS_FOLDED.get(first_key.lower())
     if kind is None:
-        return RemoteProtocolError(f"message starts with {first_key!r}, not Event/Response/Action")
+        # A manager server takes the Action header wherever it stands (main/manager.c
+        # reads it with astman_get_header); some clients (panoramisk) sort their headers.
+        action = next(((k, v) for k, v in pairs if k.lower() == "action"), None)
+        if action is None:
+            return RemoteProtocolError(f"message starts with {first_key!r}, not Event/Response/Action")
+        kind = _KINDS["Action"]
+        first_value = action[1]
     fields = dict(pairs)
     cls, set_kind = kind
     msg = _new(cls)
