@@ -20,6 +20,7 @@ from ivr import __version__
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("run", "ivr.run_cmd", "run the controller beside an Asterisk"),
     ("demo", "ivr.demo", "simulator + controller + dashboard on an embedded Redis"),
+    ("sim", "ivr.sim.cli", "simulated Asterisk (AMI + FastAGI client) running the shipped dialplan"),
     ("check-config", "ivr.config", "check a configuration file"),
     ("replay", "ivr.replay", "replay recorded AMI transcripts offline"),
     ("report|staffing", "ivr.kpi_cli", "KPIs from the event log; agents needed for a target"),

@@ -3,9 +3,11 @@
 Each app is ``async def app(sim, chan, data) -> None | JUMP | STOP``: ``None`` goes on to
 the next priority, ``JUMP`` means the app moved the channel (Goto), ``STOP`` ends the pbx
 (the channel hung up, or Hangup() ran). The set is what the recording rig's dialplan and
-Décroché's deployments use: Answer, AGI, Queue, Set, Wait, Hangup, NoOp, Goto, GotoIf,
-ExecIf, Ringing, Busy, Congestion, SendDTMF, Playback, Dial -- plus two simulator apps
-that model the people at the ends of a call:
+Décroché's shipped dialplan (``dialplans/``) use: Answer, AGI, Queue, Set (variables and
+the functions CALLERID, CHANNEL, TIMEOUT, GLOBAL), Wait, Hangup, NoOp, Goto, GotoIf,
+ExecIf, Gosub, Return, Ringing, Busy, Congestion, SendDTMF (with ``w``/``W`` pauses),
+Playback, Dial (Local channels, other technologies through ``[endpoints]``) -- plus two
+simulator apps that model the people at the ends of a call:
 
 * ``AgentPlan()`` -- an agent's phone: each ring of agent ``EXTEN`` takes the next step of
   the global ``PLAN<EXTEN>`` (``"d:t/d:t/N"``: ring ``d`` s then talk ``t`` s, or ``N``
@@ -13,23 +15,38 @@ that model the people at the ends of a call:
   from the config's ``[agents.EXTEN]`` model.
 * ``Patience(seconds)`` -- a caller's phone that hangs up after ``seconds`` unless its call
   is by then bridged to someone (then it stays until the far end hangs up); the rig's
-  ``[caller] patient`` extension.
+  ``[caller] patient`` extension. ``Patience(seconds,keys)``: the patience ends as soon as
+  the call is bridged, and once that bridge is over the caller presses ``keys`` (the
+  post-call survey) and stays until the far end hangs up.
+
+What ``pbx.c`` does around the apps and the simulator needs for the shipped dialplan:
+the ``h`` extension runs when the dialplan of a channel ends (hangup, ``Hangup()``, an app
+that fails), with the channel already hung up (:func:`run_h_exten`); a ``Goto`` to an
+extension that does not exist goes to the context's ``i`` extension with INVALID_EXTEN
+set. An app the simulator cannot model (``Echo``, ``Dial`` of a technology without an
+``[endpoints]`` mapping, any unknown app) raises :class:`SimUnsupportedError` when a call
+reaches it -- never when the dialplan is loaded --; it is logged (``sim.unsupported``) and
+that call is hung up.
 """
 
 from __future__ import annotations
 
+import heapq
+import re
+import weakref
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from ivr.sim.channel import HANGUP, TIMEOUT, Channel
-from ivr.sim.dialplan import split_args
+from ivr.sim.channel import HANGUP, TIMEOUT, UP, Channel
+from ivr.sim.dialplan import split_args, substitute
 
 if TYPE_CHECKING:
     from ivr.sim.engine import Simulator
 
-__all__ = ["APPS", "JUMP", "STOP", "Bridge", "run_app"]
+__all__ = ["APPS", "JUMP", "STOP", "Bridge", "SimUnsupportedError", "run_app", "run_h_exten"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +63,15 @@ class _Marker:
 
 JUMP: Final = _Marker("JUMP")
 STOP: Final = _Marker("STOP")
+
+
+class SimUnsupportedError(RuntimeError):
+    """A call reached something the simulator does not model; the message says what and where."""
+
+
+def _where(chan: Channel) -> str:
+    return f"{chan.context},{chan.exten},{chan.priority} on {chan.name}"
+
 
 AppResult = _Marker | None
 App = Callable[["Simulator", Channel, str], Awaitable[AppResult]]
@@ -75,7 +101,12 @@ async def app_answer(sim: Simulator, chan: Channel, data: str) -> AppResult:
 async def app_hangup(sim: Simulator, chan: Channel, data: str) -> AppResult:
     if data.strip().isdigit() and chan.cause is None:
         chan.cause = int(data)
-    sim.hangup(chan, soft=True)
+    if chan.pbx_running and chan.exten != "h" and _has_h(sim, chan.context):
+        # pbx_builtin_hangup only requests the hangup; the 'h' extension runs before the
+        # channel goes (run_app), so its Hangup event comes last.
+        sim.soft_hangup(chan)
+        return STOP
+    sim.hangup(chan, soft=not chan.hangup_requested)
     return STOP
 
 
@@ -89,9 +120,84 @@ async def app_noop(sim: Simulator, chan: Channel, data: str) -> AppResult:
 
 async def app_set(sim: Simulator, chan: Channel, data: str) -> AppResult:
     name, sep, value = data.partition("=")
-    if sep and name.strip():
-        sim.set_var(chan, name.strip(), value)
+    name = name.strip()
+    if not sep or not name:
+        return None
+    if name.endswith(")") and "(" in name and not name.startswith(("GLOBAL(", "CALLERID(")):
+        _write_function(sim, chan, name, value)
+    else:
+        sim.set_var(chan, name, value)
     return None
+
+
+#: Channel variable holding the absolute timeout's deadline (a function value, no VarSet).
+_TIMEOUT_ABS: Final = "TIMEOUT(absolute)"
+
+
+def _write_function(sim: Simulator, chan: Channel, name: str, value: str) -> None:
+    """A dialplan function on the left of Set(): written without a VarSet, as ast_func_write.
+
+    ``TIMEOUT(absolute)`` arms the channel's absolute timeout (func_timeout.c: 0 disarms);
+    ``CHANNEL(x)`` and other functions are kept so that ``${CHANNEL(x)}`` reads them back.
+    """
+    if name == _TIMEOUT_ABS:
+        try:
+            seconds = float(value) if value.strip() else 0.0
+        except ValueError:
+            seconds = 0.0
+        if seconds <= 0:
+            chan.vars.pop(name, None)
+            return
+        due = sim.now() + seconds
+        deadline = f"{due:.6f}"
+        chan.vars[name] = deadline
+        sweeper = _SWEEPERS.get(sim)
+        if sweeper is None:
+            sweeper = _SWEEPERS[sim] = _TimeoutSweeper(sim)
+        sweeper.add(due, chan.uniqueid, deadline)
+        return
+    chan.vars[name] = value
+
+
+class _TimeoutSweeper:
+    """Absolute timeouts of one simulator behind a single engine timer.
+
+    Almost every call arms a 2-hour timeout and ends long before it; one engine timer per
+    call would fill the scheduler's heap with dead entries. Here they wait in a heap of
+    plain tuples and only the earliest is scheduled.
+    """
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = weakref.ref(sim)  # a strong one would keep the WeakKeyDictionary key alive
+        self.heap: list[tuple[float, str, str]] = []
+        self.armed: float | None = None
+
+    def add(self, due: float, uniqueid: str, deadline: str) -> None:
+        heapq.heappush(self.heap, (due, uniqueid, deadline))
+        sim = self.sim()
+        if sim is not None and (self.armed is None or due < self.armed):
+            self.armed = due
+            sim.call_later(due - sim.now(), self.fire, due)
+
+    def fire(self, due: float) -> None:
+        sim = self.sim()
+        if sim is None or due != self.armed:
+            return  # superseded by an earlier one
+        now = sim.now()
+        while self.heap and self.heap[0][0] <= now:
+            _, uniqueid, deadline = heapq.heappop(self.heap)
+            chan = sim.by_uniqueid.get(uniqueid)
+            if chan is not None and not chan.gone and chan.vars.get(_TIMEOUT_ABS) == deadline:
+                # ast_check_hangup: AST_SOFTHANGUP_TIMEOUT, the channel is hung up (cause 16)
+                log.info("sim.absolute_timeout", channel=chan.name)
+                sim.ami_hangup(chan, 16)
+        self.armed = None
+        if self.heap:
+            self.armed = self.heap[0][0]
+            sim.call_later(self.armed - now, self.fire, self.armed)
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[Simulator, _TimeoutSweeper] = weakref.WeakKeyDictionary()
 
 
 def goto(sim: Simulator, chan: Channel, target: str) -> bool:
@@ -108,7 +214,13 @@ def goto(sim: Simulator, chan: Channel, target: str) -> bool:
         return False
     number = sim.dialplan.priority_of(context, exten, prio)
     if number is None:
-        return False
+        if not prio.isdigit() or sim.dialplan.find(context, exten) is not None:
+            return False
+        if sim.dialplan.find(context, "i") != "i":
+            return False
+        # __ast_pbx_run: a channel sent to an extension that does not exist goes to 'i'.
+        sim.set_var(chan, "INVALID_EXTEN", exten)
+        exten, number = "i", 1
     chan.context, chan.exten, chan.priority = context, exten, number
     chan.touch()
     return True
@@ -143,6 +255,51 @@ async def app_execif(sim: Simulator, chan: Channel, data: str) -> AppResult:
     return await run_app(sim, chan, name.strip(), rest[:-1] if rest.endswith(")") else rest)
 
 
+#: Where Gosub keeps its return addresses on the channel (a name no dialplan can write).
+_GOSUB_STACK: Final = "\x00gosub"
+
+
+async def app_gosub(sim: Simulator, chan: Channel, data: str) -> AppResult:
+    """Gosub([[context,]exten,]priority[(arg1,...)]): call a subroutine (app_stack.c)."""
+    target, args = data.strip(), ""
+    paren = target.find("(")
+    if paren >= 0 and target.endswith(")"):
+        target, args = target[:paren], target[paren + 1 : -1]
+    back = f"{chan.context}\x1f{chan.exten}\x1f{chan.priority + 1}"
+    if not goto(sim, chan, target):
+        log.warning("sim.gosub_failed", channel=chan.name, target=data)
+        return STOP
+    stack = chan.vars.get(_GOSUB_STACK)
+    chan.vars[_GOSUB_STACK] = back if not stack else f"{stack}\x1e{back}"
+    values = split_args(args) if args else []
+    sim.set_var(chan, "ARGC", str(len(values)))
+    for i, value in enumerate(values, 1):
+        sim.set_var(chan, f"ARG{i}", value)
+    return JUMP
+
+
+async def app_return(sim: Simulator, chan: Channel, data: str) -> AppResult:
+    """Return([value]): back to the priority after the last Gosub; GOSUB_RETVAL = value."""
+    stack = chan.vars.get(_GOSUB_STACK)
+    if not stack:
+        log.warning("sim.return_without_gosub", channel=chan.name)
+        return STOP
+    rest, _, top = stack.rpartition("\x1e")
+    if rest:
+        chan.vars[_GOSUB_STACK] = rest
+    else:
+        del chan.vars[_GOSUB_STACK]
+    context, exten, prio = top.split("\x1f")
+    sim.set_var(chan, "GOSUB_RETVAL", data)
+    chan.context, chan.exten, chan.priority = context, exten, int(prio)
+    chan.touch()
+    return JUMP
+
+
+async def app_unsupported(sim: Simulator, chan: Channel, data: str) -> AppResult:
+    raise SimUnsupportedError(f"the simulator cannot run {chan.app or 'this app'}() at {_where(chan)}")
+
+
 async def app_ringing(sim: Simulator, chan: Channel, data: str) -> AppResult:
     sim.indicate(chan, "ringing")
     return None
@@ -161,10 +318,21 @@ async def app_congestion(sim: Simulator, chan: Channel, data: str) -> AppResult:
 
 
 async def app_senddtmf(sim: Simulator, chan: Channel, data: str) -> AppResult:
+    """SendDTMF(digits[,duration]): ``w`` pauses 0.5 s and ``W`` 1 s (``ast_dtmf_stream``)."""
     args = split_args(data)
-    digits = "".join(c for c in args[0] if c in "0123456789*#ABCDabcd")
     duration = int(args[1]) if len(args) > 1 and args[1].strip().isdigit() else 250
-    await sim.send_dtmf(chan, digits, duration)
+    chunk = ""
+    for c in args[0]:
+        if c in "0123456789*#ABCDabcd":
+            chunk += c
+        elif c in "wW":
+            if chunk:
+                await sim.send_dtmf(chan, chunk, duration)
+                chunk = ""
+            if not chan.alive or await chan.wait(0.5 if c == "w" else 1.0) is HANGUP:
+                return STOP
+    if chunk:
+        await sim.send_dtmf(chan, chunk, duration)
     return STOP if not chan.alive else None
 
 
@@ -183,15 +351,54 @@ async def app_playback(sim: Simulator, chan: Channel, data: str) -> AppResult:
 # -- the people at the ends of a call --------------------------------------------------------------
 
 
+#: Seconds between the end of the agent's call and the caller's survey keys.
+SURVEY_DELAY: Final = 2.5
+#: What :class:`Bridge` posts to a ``Patience`` caller whose partner enters or leaves a bridge.
+_BRIDGE_CHANGED: Final = ("bridge_changed",)
+
+
 async def app_patience(sim: Simulator, chan: Channel, data: str) -> AppResult:
-    """Hang up after ``data`` seconds unless the partner channel is bridged by then."""
-    if await chan.wait(_seconds(data)) is HANGUP:
-        return STOP
+    """Hang up after ``seconds`` unless the partner channel is bridged by then (see above)."""
+    args = split_args(data)
+    seconds = _seconds(args[0])
+    keys = args[1].strip() if len(args) > 1 else None
+    if keys is None:
+        if await chan.wait(seconds) is HANGUP:
+            return STOP
+        peer = chan.peer
+        if peer is not None and not peer.gone and peer.bridge is not None:
+            await chan.wait(None)
+            return STOP
+        return None
+    # Bridge.enter/leave post _BRIDGE_CHANGED to this channel (see _tell_patience).
+    deadline = sim.now() + seconds
+    while not _bridged(chan):
+        left = deadline - sim.now()
+        if left <= 0:
+            return None
+        if await chan.wait(left, custom=True) is HANGUP:
+            return STOP
+    while _bridged(chan):
+        if await chan.wait(None, custom=True) is HANGUP:
+            return STOP
+    if keys:
+        if await chan.wait(SURVEY_DELAY) is HANGUP:
+            return STOP
+        await app_senddtmf(sim, chan, keys)
+    await chan.wait(None)
+    return STOP
+
+
+def _bridged(chan: Channel) -> bool:
     peer = chan.peer
-    if peer is not None and not peer.gone and peer.bridge is not None:
-        await chan.wait(None)
-        return STOP
-    return None
+    return peer is not None and not peer.gone and peer.bridge is not None
+
+
+def _tell_patience(chan: Channel) -> None:
+    """Wake the caller's phone (``Patience`` on the Local partner) when ``chan``'s bridge changes."""
+    peer = chan.peer
+    if peer is not None and not peer.gone and peer.app == "Patience" and "," in peer.appdata:
+        peer.post(_BRIDGE_CHANGED)  # only the two-argument form listens
 
 
 def _agent_step(sim: Simulator, chan: Channel) -> str:
@@ -281,15 +488,21 @@ class Bridge:
         ]
 
     def enter(self, chan: Channel) -> None:
+        if chan.state != UP and not chan.gone:
+            # pre_bridge_setup (main/features.c): ast_bridge_call answers the channel first,
+            # e.g. a callback's Local/<queue>@callback-queue;2 that an agent picked up.
+            self.sim.answer(chan)
         self.channels.append(chan)
         chan.bridge = self
         self.sim.emit("BridgeEnter", "call,all", [*self._headers(), *chan.snapshot()])
+        _tell_patience(chan)
 
     def leave(self, chan: Channel) -> None:
         if chan in self.channels:
             self.channels.remove(chan)
             chan.bridge = None
             self.sim.emit("BridgeLeave", "call,all", [*self._headers(), *chan.snapshot()])
+            _tell_patience(chan)
 
     def destroy(self) -> None:
         for chan in list(self.channels):
@@ -326,7 +539,8 @@ async def app_dial(sim: Simulator, chan: Channel, data: str) -> AppResult:
     legs: list[_Leg] = []
     statuses: list[str] = []
     for target in args[0].split("&"):
-        tech, _, rest = target.strip().partition("/")
+        dialstring = target.strip().partition("/")[2]
+        tech, _, rest = map_endpoint(sim, chan, target.strip()).partition("/")
         exten, _, context = rest.partition("@")
         if tech.lower() != "local" or not exten or not sim.dialplan.exists(context, exten):
             statuses.append("CHANUNAVAIL")
@@ -337,7 +551,7 @@ async def app_dial(sim: Simulator, chan: Channel, data: str) -> AppResult:
         c1.touch()
         sim.set_callerid(c2, chan.cid_num, chan.cid_name)
         sim.local_bridge_event(c1, c2)
-        leg = _Leg(f"{exten}@{context}", c1, c2)
+        leg = _Leg(dialstring, c1, c2)
         c1.observer = Forwarder(chan, leg)
         legs.append(leg)
         sim.emit_two("DialBegin", chan, c1, [("DialString", leg.target)], "call,all")
@@ -397,6 +611,32 @@ async def app_dial(sim: Simulator, chan: Channel, data: str) -> AppResult:
             return None
 
 
+def map_endpoint(sim: Simulator, chan: Channel, target: str) -> str:
+    """A Dial() target as the simulator can dial it: Local as is, others per ``[endpoints]``."""
+    tech = target.partition("/")[0]
+    if tech.lower() == "local":
+        return target
+    endpoints = sim.config.endpoints
+    mapped = endpoints.get(target)
+    if mapped is not None:
+        return mapped
+    for key in sorted(endpoints, key=len, reverse=True):
+        m = _endpoint_re(key).fullmatch(target)
+        if m is not None:
+            return endpoints[key].replace("*", m[1]) if m.groups() else endpoints[key]
+    raise SimUnsupportedError(
+        f"Dial({target}) at {_where(chan)}: the simulator has no {tech} channels; map them to a "
+        f"Local channel in [endpoints] of the simulator config, e.g. "
+        f'"{tech}/*" = "Local/*@sim-phones"'
+    )
+
+
+@lru_cache(maxsize=256)
+def _endpoint_re(key: str) -> re.Pattern[str]:
+    head, star, tail = key.partition("*")
+    return re.compile(re.escape(head) + ("(.+?)" if star else "") + re.escape(tail))
+
+
 async def _bridge_dialled(sim: Simulator, chan: Channel, callee: Channel) -> AppResult:
     bridge = Bridge(sim, chan)
     bridge.enter(callee)
@@ -439,6 +679,37 @@ async def _app_queue(sim: Simulator, chan: Channel, data: str) -> AppResult:
     return await app_queue(sim, chan, data)
 
 
+def _has_h(sim: Simulator, context: str) -> bool:
+    extens = sim.dialplan.contexts.get(context)
+    return extens is not None and "h" in extens
+
+
+async def run_h_exten(sim: Simulator, chan: Channel) -> None:
+    """``ast_pbx_h_exten_run``: the context's ``h`` extension on a channel that is ending.
+
+    The channel is hung up first (``AST_SOFTHANGUP_APPUNLOAD`` in ``__ast_pbx_run``), so an
+    AGI there runs dead (no media commands, no HANGUP line); the extension runs until an app
+    returns non-zero or it ends.
+    """
+    if chan.alive:
+        sim.soft_hangup(chan)
+    chan.exten, chan.priority = "h", 1
+    chan.touch()
+    while not chan.gone:
+        steps = sim.dialplan.steps(chan.context, chan.exten)
+        if not 1 <= chan.priority <= len(steps):
+            return
+        step = steps[chan.priority - 1]
+        appdata = substitute(step.args, chan.builtin)
+        sim.newexten(chan, step.app, appdata)
+        result = await run_app(sim, chan, step.app, appdata)
+        if result is STOP:
+            return
+        if result is not JUMP:
+            chan.priority += 1
+            chan.touch()
+
+
 APPS: Final[dict[str, App]] = {
     "answer": app_answer,
     "hangup": app_hangup,
@@ -458,13 +729,37 @@ APPS: Final[dict[str, App]] = {
     "dial": app_dial,
     "agi": _app_agi,
     "queue": _app_queue,
+    "gosub": app_gosub,
+    "return": app_return,
+    "echo": app_unsupported,
 }
 
 
 async def run_app(sim: Simulator, chan: Channel, app: str, data: str) -> AppResult:
+    """Run one app; when it ends the channel's dialplan, run the context's ``h`` first.
+
+    :class:`SimUnsupportedError` from the app is logged as an error (``sim.unsupported``,
+    naming the app, the dialplan location and the fix) and the call ends there, as a
+    failing application ends it on Asterisk; the simulator goes on with the other calls.
+    """
     fn = APPS.get(app.lower())
-    if fn is None:
-        # pbx.c: "No application 'X' for extension" -- the channel is hung up.
-        log.warning("sim.unknown_app", app=app, channel=chan.name)
+    try:
+        if fn is None:
+            raise SimUnsupportedError(f"the simulator has no application {app!r} (at {_where(chan)})")
+        result = await fn(sim, chan, data)
+    except SimUnsupportedError as exc:
+        log.error("sim.unsupported", channel=chan.name, app=app, error=str(exc))
+        result = STOP
+    if (
+        (result is STOP or not chan.alive)
+        and chan.pbx_running
+        and not chan.gone
+        and chan.exten != "h"
+        # the priority the pbx loop is running, not an app nested in ExecIf or AGI EXEC
+        and chan.app == app
+        and chan.appdata == data
+        and _has_h(sim, chan.context)
+    ):
+        await run_h_exten(sim, chan)
         return STOP
-    return await fn(sim, chan, data)
+    return result

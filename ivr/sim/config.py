@@ -18,7 +18,17 @@ A TOML file has these tables (all optional; a missing table keeps the default)::
                      penalty=..., paused=...}]
     [dialplan.CONTEXT]  "EXTEN" = ["Answer()", "Queue(support,c,,,${QT})", ...]
     [agents.EXTEN]   answer_delay = [min, max], talk_time = [min, max], no_answer = 0.3
+    [endpoints]      "PJSIP/*@trunk-operator" = "Local/*@sim-customers"   # see below
     [traffic]        see :class:`TrafficConfig`
+
+``[endpoints]`` maps the dial strings of channel technologies the simulator does not have
+(PJSIP phones and trunks) onto Local channels it does: ``Dial()`` rewrites a target that
+matches a key (``*`` stands for any text, at most once) into the value, with ``*``
+replaced by the matched text. A target of another technology with no mapping is an error
+when reached.
+
+A file whose ``[sim]`` table names ``dialplan_conf`` (an Asterisk ``extensions.conf``) or
+that has ``[profiles]`` is a product configuration: see :mod:`ivr.sim.conf_loader`.
 
 Dialplan steps use Asterisk's ``App(args)`` syntax with ``${VAR}`` substitution (see
 :mod:`ivr.sim.dialplan`); a step may carry a label as ``"label:App(args)"``.
@@ -40,10 +50,13 @@ __all__ = [
     "SimConfig",
     "SimConfigError",
     "TrafficConfig",
+    "TrafficLine",
+    "check_config",
     "default_config",
     "load_config",
     "parse_config",
     "parse_empty_options",
+    "queue_from_table",
 ]
 
 
@@ -161,6 +174,22 @@ class AgentModel:
 
 
 @dataclass(frozen=True, slots=True)
+class TrafficLine:
+    """One public number of generated traffic: its share of the calls and its callers' keys.
+
+    ``weight`` is the line's share of the arrivals; ``digits``/``digit_weights`` the DTMF
+    scripts its callers send (``w``/``W`` pause 0.5/1 s, as SendDTMF does), starting
+    ``wait_before_digits`` seconds after the call is answered (the line's welcome prompt).
+    """
+
+    exten: str
+    weight: float = 1.0
+    wait_before_digits: float = 5.5
+    digits: tuple[str, ...] = ("",)
+    digit_weights: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficConfig:
     """Generated callers: Poisson arrivals into ``context``/``exten``.
 
@@ -172,6 +201,12 @@ class TrafficConfig:
     DATA: with no IVR in front of the queue such a digit would be a queue exit key).
     ``calls`` bounds the number of callers (0 = unbounded), ``duration`` the arrival window
     in virtual seconds (0 = unbounded).
+
+    ``lines`` (optional) spread the calls over several public numbers, each with its own
+    DTMF scripts (:class:`TrafficLine`); they replace ``exten``, ``digits`` and
+    ``wait_before_digits``. ``survey``/``survey_weights`` draw the SURVEY variable: the key
+    a caller presses after talking to an agent (``Patience(${PATIENCE},${SURVEY})``;
+    ``""`` = does not answer).
     """
 
     enabled: bool = False
@@ -189,6 +224,9 @@ class TrafficConfig:
     number_prefix: str = "06"
     queue_timeout: int = 0  # sets QTIMEOUT when > 0
     originate_timeout_ms: int = 30000
+    lines: tuple[TrafficLine, ...] = ()
+    survey: tuple[str, ...] = ()
+    survey_weights: tuple[float, ...] = ()
 
 
 @dataclass(slots=True)
@@ -212,6 +250,8 @@ class SimConfig:
     dialplan: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     agents: dict[str, AgentModel] = field(default_factory=dict)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    #: Dial string pattern -> Local channel (see the module docstring).
+    endpoints: dict[str, str] = field(default_factory=dict)
 
     def prompt_seconds(self, name: str) -> float:
         return self.prompts.get(name, self.default_prompt_seconds)
@@ -349,6 +389,10 @@ def load_config(path: str | Path) -> SimConfig:
         raise SimConfigError(f"cannot read simulator config {p}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SimConfigError(f"{p}: invalid TOML: {exc}") from None
+    from ivr.sim.conf_loader import config_from_toml, is_product  # imports this module
+
+    if is_product(data):  # the shipped Asterisk files with simulated people
+        return config_from_toml(data, base_dir=p.parent, source=str(p))
     try:
         return parse_config(data)
     except SimConfigError as exc:
@@ -365,7 +409,17 @@ _SIM_KEYS: Final = {
     "queue_log",
     "agi_server",
 }
-_TOP_KEYS: Final = {"sim", "prompts", "globals", "general", "queues", "dialplan", "agents", "traffic"}
+_TOP_KEYS: Final = {
+    "sim",
+    "prompts",
+    "globals",
+    "general",
+    "queues",
+    "dialplan",
+    "agents",
+    "traffic",
+    "endpoints",
+}
 
 
 def parse_config(data: Mapping[str, Any]) -> SimConfig:
@@ -421,8 +475,22 @@ def parse_config(data: Mapping[str, Any]) -> SimConfig:
         cfg.agents = {str(ext): _agent(str(ext), body) for ext, body in _table(data, "agents").items()}
     if "traffic" in data:
         cfg.traffic = _traffic(_table(data, "traffic"))
+    if "endpoints" in data:
+        cfg.endpoints = {
+            _endpoint_key(str(k)): _endpoint_value(str(k), v) for k, v in _table(data, "endpoints").items()
+        }
     _check_dialplan(cfg)
     return cfg
+
+
+def queue_from_table(name: str, body: Mapping[str, Any]) -> QueueConfig:
+    """One ``[queues.NAME]`` table (TOML types) as a :class:`QueueConfig`; errors name the key."""
+    return _queue(name, body)
+
+
+def check_config(cfg: SimConfig) -> None:
+    """Cross-checks of a built config: every step parses, queue contexts exist."""
+    _check_dialplan(cfg)
 
 
 def _check_dialplan(cfg: SimConfig) -> None:
@@ -581,6 +649,78 @@ def _interface(value: str, where: str) -> str:
     return value
 
 
+def _endpoint_key(key: str) -> str:
+    tech, sep, rest = key.partition("/")
+    if not sep or not tech or not rest or key.count("*") > 1:
+        raise SimConfigError(
+            f"endpoints: key {key!r} must look like TECH/resource with at most one '*', "
+            "e.g. 'PJSIP/*@trunk-operator'"
+        )
+    return key
+
+
+def _endpoint_value(key: str, value: object) -> str:
+    target = _str(value, f"endpoints.{key}")
+    if not target.lower().startswith("local/") or "@" not in target:
+        raise SimConfigError(
+            f"endpoints.{key}: the target must be a Local channel exten@context, got {target!r}"
+        )
+    if target.count("*") != key.count("*"):
+        raise SimConfigError(f"endpoints.{key}: the target must use '*' exactly as the key does")
+    return target
+
+
+def _dtmf_list(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise SimConfigError(f"{where} must be a non-empty list of DTMF strings")
+    digits = tuple(_str(v, where) for v in value)
+    for d in digits:
+        if any(c not in _DTMF_SCRIPT for c in d):
+            raise SimConfigError(f"{where}: {d!r} is not a DTMF string (0-9 * # A-D, w/W pauses)")
+    return digits
+
+
+def _weights(value: object, where: str, count: int) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise SimConfigError(f"{where} must be a non-empty list of numbers")
+    weights = tuple(_number(v, where, minimum=0.0) for v in value)
+    if len(weights) != count:
+        raise SimConfigError(f"{where} must have one weight per entry ({count})")
+    if not any(weights):
+        raise SimConfigError(f"{where}: at least one weight must be > 0")
+    return weights
+
+
+_DTMF_SCRIPT: Final = frozenset("0123456789*#ABCDwW")
+_LINE_KEYS: Final = {"exten", "weight", "wait_before_digits", "digits", "digit_weights"}
+
+
+def _line(value: object, where: str) -> TrafficLine:
+    if not isinstance(value, Mapping):
+        raise SimConfigError(f"{where} must be a table")
+    extra = set(value) - _LINE_KEYS
+    if extra:
+        raise SimConfigError(f"unknown key(s) in {where}: {', '.join(sorted(extra))}")
+    exten = _str(value.get("exten"), f"{where}.exten")
+    if not exten:
+        raise SimConfigError(f"{where}.exten must not be empty")
+    digits = _dtmf_list(value.get("digits", [""]), f"{where}.digits")
+    weights = (
+        _weights(value["digit_weights"], f"{where}.digit_weights", len(digits))
+        if "digit_weights" in value
+        else (1.0,) * len(digits)
+    )
+    return TrafficLine(
+        exten=exten,
+        weight=_number(value.get("weight", 1.0), f"{where}.weight", minimum=0.0),
+        wait_before_digits=_number(
+            value.get("wait_before_digits", 5.5), f"{where}.wait_before_digits", minimum=0.0
+        ),
+        digits=digits,
+        digit_weights=weights,
+    )
+
+
 def _agent(ext: str, body: object) -> AgentModel:
     if not isinstance(body, Mapping):
         raise SimConfigError(f"agents.{ext} must be a table")
@@ -613,14 +753,19 @@ def _traffic(body: Mapping[str, Any]) -> TrafficConfig:
             kw[key] = _str(value, where)
         elif key == "patience":
             kw[key] = _range(value, where)
-        elif key == "digits":
+        elif key in ("digits", "survey"):
+            kw[key] = _dtmf_list(value, where)
+        elif key == "survey_weights":
             if not isinstance(value, list) or not value:
-                raise SimConfigError(f"{where} must be a non-empty list of DTMF strings")
-            digits = tuple(_str(v, where) for v in value)
-            for d in digits:
-                if any(c not in "0123456789*#" for c in d):
-                    raise SimConfigError(f"{where}: {d!r} is not a DTMF string")
-            kw[key] = digits
+                raise SimConfigError(f"{where} must be a non-empty list of numbers")
+            kw[key] = tuple(_number(v, where, minimum=0.0) for v in value)
+        elif key == "lines":
+            if not isinstance(value, list) or not value:
+                raise SimConfigError(f"{where} must be a non-empty list of tables")
+            lines = tuple(_line(v, f"{where}[{i}]") for i, v in enumerate(value))
+            if not any(line.weight for line in lines):
+                raise SimConfigError(f"{where}: at least one line needs a weight > 0")
+            kw[key] = lines
         elif key == "digit_weights":
             if not isinstance(value, list) or not value:
                 raise SimConfigError(f"{where} must be a non-empty list of numbers")
@@ -635,6 +780,17 @@ def _traffic(body: Mapping[str, Any]) -> TrafficConfig:
             **{
                 **{f: getattr(out, f) for f in out.__dataclass_fields__},
                 "digit_weights": (1.0,) * len(out.digits),
+            }
+        )
+    if out.survey_weights and len(out.survey_weights) != len(out.survey):
+        raise SimConfigError("traffic.survey_weights must have one weight per traffic.survey entry")
+    if out.survey_weights and not any(out.survey_weights):
+        raise SimConfigError("traffic.survey_weights: at least one weight must be > 0")
+    if out.survey and not out.survey_weights:
+        out = TrafficConfig(
+            **{
+                **{f: getattr(out, f) for f in out.__dataclass_fields__},
+                "survey_weights": (1.0,) * len(out.survey),
             }
         )
     if out.enabled and out.arrivals_per_hour <= 0:

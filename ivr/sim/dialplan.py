@@ -7,21 +7,36 @@ and labels (``"talking:Wait(600)"``) can be jumped to by name.
 
 Substitution covers ``${VAR}``, ``${VAR:offset}``/``${VAR:offset:length}`` (negative values
 count from the end, as Asterisk's substring does), the channel builtins the engine passes
-in (EXTEN, CONTEXT, CHANNEL, UNIQUEID, CALLERID(num), CALLERID(name), ...) and one
-simulator function, ``${DEFAULT(VAR,value)}``: the variable if set and not empty, else
-``value`` (the rig writes the same thing with ``IF``/``LEN``; the simulator keeps the model
-declarative instead of embedding Asterisk's expression language).
+in (EXTEN, CONTEXT, CHANNEL, UNIQUEID, CALLERID(num), CALLERID(name), ...), the functions
+``IF(cond?a:b)``, ``LEN(x)``, ``ISNULL(x)`` and one simulator function,
+``${DEFAULT(VAR,value)}``: the variable if set and not empty, else ``value``.
+
+``$[...]`` expressions are evaluated as ``main/ast_expr2.y`` does for the operators a
+dialplan writes in practice (``|``, ``&``, comparisons, arithmetic, ``!``, unary ``-``,
+parentheses, quoted strings, ``cond ? a :: b``), because the shipped dialplan routes on
+them (``${IF($["${IVR_ACTION}" = ""]?queue:${IVR_ACTION})}``). Like Asterisk, the inside of
+``${...}`` and ``$[...]`` is substituted first, innermost first.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["Dialplan", "Step", "match_pattern", "parse_step", "split_args", "substitute"]
+__all__ = [
+    "Dialplan",
+    "Step",
+    "evaluate_expression",
+    "match_pattern",
+    "parse_step",
+    "split_args",
+    "substitute",
+]
 
 _APP_RE: Final = re.compile(
     r"(?:(?P<label>[A-Za-z0-9_-]+):)?(?P<app>[A-Za-z][A-Za-z0-9_]*)\((?P<args>.*)\)\s*"
@@ -87,32 +102,73 @@ Lookup = Callable[[str], str | None]
 
 
 def substitute(text: str, lookup: Lookup) -> str:
-    """Expand ``${...}`` in ``text``; ``lookup(name)`` gives a variable or ``None`` (unset)."""
-    if "${" not in text:
+    """Expand ``${...}`` and ``$[...]`` in ``text``; ``lookup(name)`` gives a variable or ``None``."""
+    if "$" not in text:
         return text
-    out: list[str] = []
+    return _render(_compile(text), lookup)
+
+
+#: A parsed argument string: literal text, or ``(is_brace, inner)`` for ``${inner}`` /
+#: ``$[inner]``, whose inner text is itself substituted first.
+_Part = str | tuple[bool, "_Template"]
+_Template = tuple[_Part, ...]
+
+
+@lru_cache(maxsize=8192)
+def _compile(text: str) -> _Template:
+    """Split ``text`` once into literals and ``${}``/``$[]`` parts (the same steps run again and
+    again: parsing is cached, only the lookups are done per call)."""
+    parts: list[_Part] = []
     i = 0
     n = len(text)
     while i < n:
-        start = text.find("${", i)
+        start = _next_dollar(text, i)
         if start < 0:
-            out.append(text[i:])
+            parts.append(text[i:])
             break
-        out.append(text[i:start])
+        if start > i:
+            parts.append(text[i:start])
+        brace = text[start + 1] == "{"
+        opener, closer = ("{", "}") if brace else ("[", "]")
         depth = 1
         j = start + 2
         while j < n and depth:
-            if text.startswith("${", j):
+            if text.startswith("$" + opener, j):
                 depth += 1
                 j += 2
                 continue
-            if text[j] == "}":
+            ch = text[j]
+            if ch == closer:
                 depth -= 1
+            elif not brace and ch == "[":
+                depth += 1  # pbx.c counts every bracket inside $[...]
             j += 1
-        inner = substitute(text[start + 2 : j - 1], lookup)
-        out.append(_expand(inner, lookup))
+        parts.append((brace, _compile(text[start + 2 : j - 1])))
         i = j
+    return tuple(parts)
+
+
+def _render(template: _Template, lookup: Lookup) -> str:
+    out: list[str] = []
+    for part in template:
+        if isinstance(part, str):
+            out.append(part)
+        else:
+            brace, inner = part
+            text = _render(inner, lookup)
+            out.append(_expand(text, lookup) if brace else evaluate_expression(text))
     return "".join(out)
+
+
+def _next_dollar(text: str, i: int) -> int:
+    """Index of the next ``${`` or ``$[`` at or after ``i``, else -1."""
+    while True:
+        k = text.find("$", i)
+        if k < 0 or k + 1 >= len(text):
+            return -1
+        if text[k + 1] in "{[":
+            return k
+        i = k + 1
 
 
 _FUNC_RE: Final = re.compile(r"(?P<name>[A-Z_]+)\((?P<args>.*)\)")
@@ -128,6 +184,13 @@ def _expand(expr: str, lookup: Lookup) -> str:
             return value if value else default
         if name == "LEN":
             return str(len(args))
+        if name == "ISNULL":
+            return "0" if args else "1"
+        if name == "IF":
+            # func_logic.c: IF(<expr>?[<true>][:<false>]) -- first '?', then first ':'
+            cond, _, branches = args.partition("?")
+            if_true, _, if_false = branches.partition(":")
+            return if_true if _truthy(cond) else if_false
         value = lookup(expr)  # CALLERID(num) and friends
         return value or ""
     name, colon, rest = expr.partition(":")
@@ -146,6 +209,221 @@ def _expand(expr: str, lookup: Lookup) -> str:
     if length is not None:
         sub = sub[:length] if length >= 0 else sub[:length] if -length <= len(sub) else ""
     return sub
+
+
+def _truthy(cond: str) -> bool:
+    """``pbx_checkcondition``: empty is false, a leading integer is its value, other text true."""
+    cond = cond.strip()
+    if not cond:
+        return False
+    m = _LEADING_INT.match(cond)
+    return int(m[0]) != 0 if m is not None else True
+
+
+_LEADING_INT: Final = re.compile(r"[+-]?\d+")
+
+
+# -- $[...] expressions -------------------------------------------------------------------------
+
+_TOKEN_RE: Final = re.compile(
+    r"""\s*(?:(?P<str>"[^"]*")|(?P<op>==|=~|>=|<=|!=|::|[|&=<>+\-*/%!?:()])|(?P<word>[^\s|&=<>+\-*/%!?:()"]+))"""
+)
+
+
+class ExpressionError(ValueError):
+    """An ``$[...]`` expression Asterisk would reject (it then substitutes nothing)."""
+
+
+def _tokens(expr: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    expr = expr.rstrip()
+    while pos < len(expr):
+        m = _TOKEN_RE.match(expr, pos)
+        if m is None or m.end() == pos:
+            raise ExpressionError(f"cannot read {expr[pos:]!r}")
+        pos = m.end()
+        if m["str"] is not None:
+            out.append(("s", m["str"][1:-1]))
+        elif m["op"] is not None:
+            out.append(("o", m["op"]))
+        else:
+            out.append(("s", m["word"]))
+    return out
+
+
+def _number_of(value: str) -> int | float | None:
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    return f if f == f else None  # NaN is not a number to Asterisk
+
+
+def _num_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.15g}"
+
+
+def _is_zero_or_null(value: str) -> bool:
+    n = _number_of(value)
+    return value == "" or (n is not None and n == 0)
+
+
+_COMPARE: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+
+
+class _Parser:
+    """Recursive descent over ``ast_expr2.y``'s grammar, lowest precedence first."""
+
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        if self.pos < len(self.tokens) and self.tokens[self.pos][0] == "o":
+            return self.tokens[self.pos][1]
+        return None
+
+    def take(self) -> tuple[str, str]:
+        if self.pos >= len(self.tokens):
+            raise ExpressionError("unexpected end of expression")
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def parse(self) -> str:
+        if not self.tokens:
+            return ""
+        value = self.ternary()
+        if self.pos != len(self.tokens):
+            raise ExpressionError(f"unexpected {self.tokens[self.pos][1]!r}")
+        return value
+
+    def ternary(self) -> str:
+        cond = self.logical_or()
+        if self.peek() == "?":
+            self.take()
+            if_true = self.ternary()
+            if self.peek() != "::":
+                raise ExpressionError("'?' without '::'")
+            self.take()
+            if_false = self.ternary()
+            return if_false if _is_zero_or_null(cond) else if_true
+        return cond
+
+    def logical_or(self) -> str:
+        left = self.logical_and()
+        while self.peek() == "|":
+            self.take()
+            right = self.logical_and()
+            left = right if _is_zero_or_null(left) else left
+        return left
+
+    def logical_and(self) -> str:
+        left = self.comparison()
+        while self.peek() == "&":
+            self.take()
+            right = self.comparison()
+            left = "0" if _is_zero_or_null(left) or _is_zero_or_null(right) else left
+        return left
+
+    def comparison(self) -> str:
+        left = self.additive()
+        while self.peek() in ("=", "==", "!=", "<", ">", "<=", ">="):
+            op = self.take()[1]
+            right = self.additive()
+            a, b = _number_of(left), _number_of(right)
+            if a is not None and b is not None:
+                result = _COMPARE[op](a, b)
+            else:
+                result = _COMPARE[op](left, right)
+            left = "1" if result else "0"
+        return left
+
+    def additive(self) -> str:
+        left = self.multiplicative()
+        while self.peek() in ("+", "-"):
+            op = self.take()[1]
+            right = self.multiplicative()
+            a, b = self.numbers(left, right, op)
+            left = _num_text(a + b if op == "+" else a - b)
+        return left
+
+    def multiplicative(self) -> str:
+        left = self.unary()
+        while self.peek() in ("*", "/", "%"):
+            op = self.take()[1]
+            right = self.unary()
+            a, b = self.numbers(left, right, op)
+            if op == "*":
+                left = _num_text(a * b)
+            elif b == 0:
+                raise ExpressionError("division by zero")
+            elif op == "/":
+                q = a / b
+                left = _num_text(int(q) if isinstance(a, int) and isinstance(b, int) else q)
+            else:
+                left = _num_text(
+                    int(math.fmod(a, b)) if isinstance(a, int) and isinstance(b, int) else math.fmod(a, b)
+                )
+        return left
+
+    @staticmethod
+    def numbers(left: str, right: str, op: str) -> tuple[int | float, int | float]:
+        a, b = _number_of(left), _number_of(right)
+        if a is None or b is None:
+            raise ExpressionError(f"non-numeric argument to {op!r}: {left!r}, {right!r}")
+        return a, b
+
+    def unary(self) -> str:
+        op = self.peek()
+        if op == "!":
+            self.take()
+            return "1" if _is_zero_or_null(self.unary()) else "0"
+        if op == "-":
+            self.take()
+            value = self.unary()
+            n = _number_of(value)
+            if n is None:
+                raise ExpressionError(f"non-numeric argument to unary '-': {value!r}")
+            return _num_text(-n)
+        return self.primary()
+
+    def primary(self) -> str:
+        kind, value = self.take()
+        if kind == "o":
+            if value != "(":
+                raise ExpressionError(f"unexpected {value!r}")
+            inner = self.ternary()
+            if self.peek() != ")":
+                raise ExpressionError("missing ')'")
+            self.take()
+            return inner
+        return value
+
+
+def evaluate_expression(expr: str) -> str:
+    """The value of ``$[expr]``: ``"1"``/``"0"`` for comparisons, numbers, or a string.
+
+    A malformed expression gives ``""``, as Asterisk substitutes nothing after its
+    "syntax error" warning.
+    """
+    try:
+        return _Parser(_tokens(expr)).parse()
+    except ExpressionError:
+        return ""
 
 
 # -- extension patterns -------------------------------------------------------------------------

@@ -6,6 +6,10 @@ side -- the caller's phone -- runs ``caller_context``/``caller_exten`` with WAIT
 and PATIENCE variables. So generated traffic exercises exactly the paths the recorded
 scenarios validated, only more of it.
 
+With ``lines`` (:class:`~ivr.sim.config.TrafficLine`) each caller first draws the public
+number it dials, then one of that line's DTMF scripts; ``survey`` draws the key it presses
+after talking to an agent (SURVEY).
+
 Randomness comes from a ``random.Random`` seeded from the simulator's seed (a stream of
 its own, so that changing the traffic does not reshuffle the agents' draws and vice versa);
 no global random state is used, and the same seed gives the same calls.
@@ -40,6 +44,9 @@ class PlannedCall:
     name: str
     patience: float
     digits: str
+    exten: str = ""
+    wait_before_digits: float = 0.0
+    survey: str = ""
 
 
 @dataclass(slots=True)
@@ -63,7 +70,14 @@ class TrafficGenerator:
         cfg, rng = self.cfg, self.rng
         gap = rng.expovariate(cfg.arrivals_per_hour / 3600.0)
         patience = rng.uniform(*cfg.patience)
-        digits = rng.choices(cfg.digits, weights=cfg.digit_weights)[0]
+        exten, wait = cfg.exten, cfg.wait_before_digits
+        if cfg.lines:
+            line = rng.choices(cfg.lines, weights=[li.weight for li in cfg.lines])[0]
+            exten, wait = line.exten, line.wait_before_digits
+            digits = rng.choices(line.digits, weights=line.digit_weights)[0]
+        else:
+            digits = rng.choices(cfg.digits, weights=cfg.digit_weights)[0]
+        survey = rng.choices(cfg.survey, weights=cfg.survey_weights)[0] if cfg.survey else ""
         index = len(self.stats.planned) + 1
         return PlannedCall(
             index=index,
@@ -72,20 +86,25 @@ class TrafficGenerator:
             name=f"Client {index}",
             patience=round(patience, 1),
             digits=digits,
+            exten=exten,
+            wait_before_digits=wait,
+            survey=survey,
         )
 
     def place(self, call: PlannedCall) -> None:
         cfg = self.cfg
         variables = [
-            ("WAIT1", f"{cfg.wait_before_digits:g}"),
+            ("WAIT1", f"{call.wait_before_digits if call.exten else cfg.wait_before_digits:g}"),
             ("DIGITS", call.digits),
             ("PATIENCE", f"{call.patience:g}"),
         ]
+        if cfg.survey:
+            variables.append(("SURVEY", call.survey))
         if cfg.queue_timeout > 0:
             variables.append(("QTIMEOUT", str(cfg.queue_timeout)))
         self.sim.originate(
             OriginateRequest(
-                f"Local/{cfg.exten}@{cfg.context}",
+                f"Local/{call.exten or cfg.exten}@{cfg.context}",
                 context=cfg.caller_context,
                 exten=cfg.caller_exten,
                 priority="1",
