@@ -8,6 +8,7 @@ own queue_log, also when the AMI connection is dropped in the middle of the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from ivr.sim.config import AgentModel
 from ivr.sim.run import RunningSim, start_sim
 from ivr.sim.traffic import TrafficGenerator
 from ivr.storage.reader import read_range
+from ivr.storage.server import RedisServerProcess
 from ivr.storage.writer import make_client
 
 SPEED = 40.0
@@ -47,8 +49,8 @@ class Rig:
     queue_log: Path
 
 
-@pytest.fixture
-async def rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def make_rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
     cfg = _sim_config("normal")
     cfg.queue_log = str(tmp_path / "queue_log")
     cfg.agents = {ext: replace(model, talk_time=(20.0, 60.0)) for ext, model in cfg.agents.items()} or {
@@ -88,6 +90,12 @@ async def rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
     finally:
         await controller.stop()
         await running.stop()
+
+
+@pytest.fixture
+async def rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with make_rig(redis_url, tmp_path) as made:
+        yield made
 
 
 async def _run_traffic(rig: Rig, calls: int, per_hour: float, during: Any = None) -> int:
@@ -183,3 +191,38 @@ async def test_dropped_ami_connection_loses_no_call(rig: Rig) -> None:
     for call in inbound:
         types = [e.type for e in by_call[call]]
         assert "call.end" in types, (call, types)
+
+
+async def test_redis_killed_and_restarted_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """The event log spools while Redis is away and drains in order when it returns."""
+    server = RedisServerProcess(appendonly=True)
+    server.start()
+    try:
+        async with make_rig(server.url, tmp_path) as rig:
+            submitted: set[str] = set()
+            submit = rig.controller.writer.submit
+
+            def recording_submit(event: CallEvent) -> None:
+                submitted.add(event.id)
+                submit(event)
+
+            rig.controller.writer.submit = recording_submit  # type: ignore[method-assign]
+
+            async def kill_and_restart(sim: Any) -> None:
+                await asyncio.sleep(1.0)
+                server.kill()
+                await asyncio.sleep(1.5)
+                server.restart()
+
+            placed = await _run_traffic(rig, 100, per_hour=2400, during=kill_and_restart)
+            assert rig.controller.writer.stats.events_spooled > 0
+        events = await _stored(server.url)
+        assert len({e.id for e in events}) == len(events), "an event was stored twice"
+        assert {e.id for e in events} == submitted, "an event was lost"
+        starts = {e.call for e in events if e.type == "call.start" and e.data.get("kind") == "inbound"}
+        ends = {e.call for e in events if e.type == "call.end"}
+        assert len(starts) == placed
+        assert starts <= ends
+        assert set(_queue_log_outcomes(rig.queue_log)) <= starts
+    finally:
+        server.stop()
