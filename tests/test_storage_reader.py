@@ -97,3 +97,56 @@ async def test_bad_arguments(redis_client: redis.asyncio.Redis) -> None:
     with pytest.raises(ValueError, match="margin"):
         EventLogReader(redis_client, margin_s=-1)
     assert stream_id_for(-5) == 0
+
+
+async def test_a_batch_that_is_not_utf8_is_read_the_plain_way(redis_url: str, tmp_path: Path) -> None:
+    # The server script returns a batch as JSON, which bytes that are not UTF-8 break: that
+    # batch is read again with XRANGE, the bad entry skipped, the rest of the range kept.
+    events = [ev(i, T0 + i) for i in range(6)]
+    await store(redis_url, tmp_path, events[:3])
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        bad: dict[FieldT, EncodableT] = {k: v for k, v in ev(9, T0 + 3).to_fields().items()}
+        bad["queue"] = b"caf\xff"
+        await client.xadd(DEFAULT_KEYS.events, bad, id=f"{stream_id_for(T0 + 3)}-*")
+        await store(redis_url, tmp_path, events[3:])
+        for batch in (2, 100):
+            reader = EventLogReader(client)
+            assert await collect(reader, None, None, batch=batch) == events
+            assert reader.skipped == 1
+    finally:
+        await client.aclose()
+
+
+async def test_without_scripts_the_reader_falls_back_to_xrange(
+    redis_url: str, redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    events = [ev(i, T0 + i) for i in range(5)]
+    await store(redis_url, tmp_path, events)
+    await redis_client.acl_setuser(
+        "noscript", enabled=True, passwords=["+pw"], keys=["*"], categories=["+@all", "-@scripting"]
+    )
+    url = redis_url.replace("redis://", "redis://noscript:pw@")
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    try:
+        reader = EventLogReader(client)
+        assert await collect(reader, None, None, batch=2) == events
+        assert await collect(reader, T0 + 1, T0 + 3, batch=2) == events[1:3]
+    finally:
+        await client.aclose()
+        await redis_client.acl_deluser("noscript")
+
+
+async def test_a_reader_left_early_leaves_the_client_usable(
+    redis_url: str, redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    events = [ev(i, T0 + i) for i in range(10)]
+    await store(redis_url, tmp_path, events)
+    reader = EventLogReader(redis_client)
+    got = []
+    async for event in reader.read_range(None, None, batch=3):  # the next batch is already asked for
+        got.append(event)
+        if len(got) == 4:
+            break
+    assert got == events[:4]
+    assert await collect(reader, None, None, batch=3) == events

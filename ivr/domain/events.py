@@ -122,11 +122,41 @@ class CallEvent:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> CallEvent:
-        """Inverse of :meth:`to_fields`; accepts the bytes keys redis-py returns."""
-        f = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in fields.items()
-        }
+        """Inverse of :meth:`to_fields`; accepts the bytes keys redis-py returns.
+
+        Three shapes, fastest first (a day's recomputation decodes half a million): all
+        bytes (redis-py's default), all str (``decode_responses``, JSON), or a mix.
+        """
+        if isinstance(next(iter(fields), None), bytes):
+            # the fields below, without decoding the keys into a dict first
+            b: Mapping[bytes, bytes] = fields  # type: ignore[assignment]
+            get = b.get
+            try:
+                return cls(
+                    type=b[b"type"].decode(),
+                    call=b[b"call"].decode(),
+                    ts=float(b[b"ts"].decode()),
+                    id=b[b"id"].decode(),
+                    service=get(b"service", b"").decode(),
+                    queue=get(b"queue", b"").decode(),
+                    agent=get(b"agent", b"").decode(),
+                    source=get(b"source", b"ami").decode(),
+                    data=json.loads(get(b"data", b"").decode() or "{}"),
+                    v=int(get(b"v", b"%d" % SCHEMA_VERSION).decode()),
+                )
+            except AttributeError:  # some str among the bytes: decode them one by one below
+                pass
+        elif bytes not in set(map(type, fields.values())):
+            return cls._from_text(fields)  # type: ignore[arg-type]
+        return cls._from_text(
+            {
+                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in fields.items()
+            }
+        )
+
+    @classmethod
+    def _from_text(cls, f: Mapping[str, str]) -> CallEvent:
         return cls(
             type=f["type"],
             call=f["call"],

@@ -142,6 +142,8 @@ _VISIT_EVENTS: Final = frozenset(
         "agent.complete",
     }
 )
+#: Every event :func:`_visits` looks at.
+_VISIT_INPUT: Final = _VISIT_EVENTS | {"agent.requested", "queue.join", "queue.join_empty"}
 _CALLBACK_STATE: Final = frozenset(
     {
         "callback.requested",
@@ -478,19 +480,6 @@ def _callbacks(call: str, events: list[CallEvent], default_queue: str) -> list[C
     return out
 
 
-def _hours_flag(events: list[CallEvent]) -> bool | None:
-    """What the call's own events say about opening hours: ``data.in_hours`` first, else the
-    IVR's ``ivr.end`` with ``action=closed`` (it told the caller the service was closed)."""
-    for e in events:
-        if "in_hours" in e.data:
-            flag = _flag(e.data["in_hours"])
-            if flag is not None:
-                return flag
-    if any(e.type == "ivr.end" and e.data.get("action") == "closed" for e in events):
-        return False
-    return None
-
-
 def _ordered_unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in items if i))
 
@@ -504,31 +493,72 @@ def summarize_call(
     evs = sorted(events, key=event_order)
     if not evs:
         raise ValueError(f"call {call!r} has no events")
-    inbound = [e for e in evs if not e.type.startswith(_LATER)]
-    start = inbound[0].ts if inbound else evs[0].ts
-    ended = any(e.type == "call.end" for e in evs)
-    service = next((e.service for e in evs if e.service), "")
-    caller = next((str(e.data["caller_hash"]) for e in evs if "caller_hash" in e.data), "")
-    leg = any("callback_of" in e.data or e.data.get("kind") == "callback" for e in evs)
-    flag = _hours_flag(evs)
-    open_now = flag if flag is not None else (in_hours(service, start) if in_hours else True)
+    # One pass sorts out what each part below needs (a day's recomputation folds tens of
+    # thousands of calls: one loop instead of one per question). Every "first" is in the
+    # canonical order above.
+    start: float | None = None  # first event of the live inbound call
+    ended = False
+    service = ""
+    caller: str | None = None
+    leg = False
+    hours_flag: bool | None = None  # first data.in_hours that reads as a flag
+    closed_by_ivr = False  # an ivr.end with action=closed
+    offered = False
+    visit_events: list[CallEvent] = []
+    callback_events: list[CallEvent] = []
+    requested_queues: list[str] = []
+    appointment: list[CallEvent] = []
+    end_says: list[Mapping[str, Scalar]] = []
+    scores: list[int] = []
+    for e in evs:
+        kind = e.type
+        data = e.data
+        if start is None and not kind.startswith(_LATER):
+            start = e.ts
+        if not service and e.service:
+            service = e.service
+        if data:
+            if caller is None and "caller_hash" in data:
+                caller = str(data["caller_hash"])
+            if not leg and ("callback_of" in data or data.get("kind") == "callback"):
+                leg = True
+            if hours_flag is None and "in_hours" in data:
+                hours_flag = _flag(data["in_hours"])
+        if kind in _VISIT_INPUT:
+            visit_events.append(e)
+            if kind == "agent.requested":
+                requested_queues.append(e.queue)
+        elif kind in _CALLBACK_STATE:
+            callback_events.append(e)
+        elif kind == "call.end":
+            ended = True
+            end_says.append(data)
+        elif kind == "appointment.booked":
+            appointment.append(e)
+        elif kind == "survey.answer":
+            score = _num(data, "score")
+            if score is not None and score == int(score) and 1 <= score <= 5:
+                scores.append(int(score))
+        elif kind == "ivr.end":
+            closed_by_ivr = closed_by_ivr or data.get("action") == "closed"
+        elif kind == "callback.offered":
+            offered = True
+    # what the caller was told wins (see the module docstring), else the schedule
+    if hours_flag is None and closed_by_ivr:
+        hours_flag = False
+    partial = start is None
+    if start is None:
+        start = evs[0].ts
+    open_now = hours_flag if hours_flag is not None else (in_hours(service, start) if in_hours else True)
 
-    visits = _visits(evs, ended)
-    requested_queues = [e.queue for e in evs if e.type == "agent.requested"]
+    visits = _visits(visit_events, ended)
     first_queue = next((q for q in [*requested_queues, *(v.queue for v in visits)] if q), "")
-    callbacks = _callbacks(call, evs, first_queue)
-    appointment = [e for e in evs if e.type == "appointment.booked"]
+    callbacks = _callbacks(call, callback_events, first_queue)
     # The AMI tracker's call.end says whether the dialplan reached Queue() even when no
     # queue event followed (hung up before joining) and no IVR event told us.
-    end_says = [e.data for e in evs if e.type == "call.end"]
     end_asked = any(_flag(d.get("asked_for_agent", "")) is True for d in end_says)
     end_outcome = next((str(d["outcome"]) for d in end_says if d.get("outcome") in _FROM_END), None)
     agent_requested = bool(requested_queues) or end_asked
-    scores: list[int] = []
-    for e in evs:
-        score = _num(e.data, "score") if e.type == "survey.answer" else None
-        if score is not None and score == int(score) and 1 <= score <= 5:
-            scores.append(int(score))
 
     answered = [v for v in visits if v.outcome == "answered"]
     asked = not leg and bool(agent_requested or visits or callbacks or appointment)
@@ -583,7 +613,7 @@ def summarize_call(
         outcome=outcome,
         service=service,
         queue=queue,
-        caller=caller,
+        caller=caller or "",
         agent=answered[0].agent if answered else "",
         asked_for_agent=asked,
         handled=handled,
@@ -591,13 +621,13 @@ def summarize_call(
         in_hours=open_now,
         ended=ended,
         callback_leg=leg,
-        partial=not inbound,
+        partial=partial,
         wait_s=wait,
         answer_wait_s=wait if answered else None,
         talk_s=math.fsum(talks) if talks else None,
         visits=tuple(visits),
         callbacks=tuple(callbacks),
-        callback_offered=any(e.type == "callback.offered" for e in evs),
+        callback_offered=offered,
         appointment_booked=bool(appointment),
         scores=tuple(scores),
         asked_queues=asked_queues,

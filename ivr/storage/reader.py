@@ -23,15 +23,30 @@ while another one keeps writing.
 An entry that does not decode as a :class:`CallEvent` (written by a foreign tool, or by
 a future schema) is skipped with a warning naming its id, and counted in ``skipped``;
 the rest of the range is still read.
+
+Batches: redis-py's pure-Python reply parser costs about 80 µs per stream entry (some
+23 RESP elements each): 40 s for a day of 500,000 events. Unless ``hiredis`` (its C
+parser) is installed, each batch is therefore one ``XRANGE`` run by a read-only server
+script that returns the reply as one JSON string (``cjson``), which the C ``json`` module
+parses in one go: ten times faster. A batch that is not valid JSON (bytes that are not
+UTF-8, from a foreign writer) is read again with a plain ``XRANGE``, and a server that
+refuses the script (Redis < 7, an ACL without ``EVALSHA``) gets plain ``XRANGE`` from then
+on: same entries, slower. With ``hiredis``, plain ``XRANGE`` is as fast for the client
+and cheaper for the server. The next batch is asked for before the current one is handed
+out, so that the server reads it while the caller works.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Final, cast
 
 import redis.asyncio
+from redis.exceptions import ResponseError
+from redis.utils import HIREDIS_AVAILABLE
 
 from ivr.domain.events import CallEvent
 from ivr.logs import get_logger
@@ -42,6 +57,18 @@ __all__ = ["DEFAULT_MARGIN_S", "EventLogReader", "read_range", "stream_id_for"]
 log = get_logger(__name__)
 
 DEFAULT_MARGIN_S: Final = 300.0
+
+#: XRANGE, its reply encoded as one JSON string (see the module docstring). ``#!lua
+#: flags=no-writes`` lets replicas run it.
+_XRANGE_JSON_LUA: Final = """#!lua flags=no-writes
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
+if #entries == 0 then return '[]' end
+return cjson.encode(entries)
+"""
+
+_Fields = Mapping[str, str] | Mapping[bytes, bytes]
+#: (entry id, fields); fields None for an entry deleted while we read.
+_Entry = tuple[str, _Fields | None]
 
 
 def stream_id_for(ts: float) -> int:
@@ -55,6 +82,12 @@ def _text(value: str | bytes | None) -> str:
     if value is None:
         raise ValueError("stream entry without an id")
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _retrieve(future: asyncio.Future[list[_Entry]]) -> None:
+    """Take the outcome of an abandoned read, so that asyncio does not report it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 class EventLogReader:
@@ -75,6 +108,24 @@ class EventLogReader:
         self.margin_s = margin_s
         self.skipped = 0
         self.last_id: str | None = None  # id of the last entry read, for resuming
+        self._script = client.register_script(_XRANGE_JSON_LUA)
+        self._use_script = not HIREDIS_AVAILABLE
+
+    async def _batch(self, start: str, end: str, count: int) -> list[_Entry]:
+        """Up to ``count`` entries with ids in ``[start, end]``."""
+        if self._use_script:
+            try:
+                raw = await self._script(keys=[self.stream_key], args=[start, end, count])
+                return [(i, dict(zip(kv[::2], kv[1::2], strict=True))) for i, kv in json.loads(raw)]
+            except ValueError:  # not UTF-8 (or not JSON): this batch the plain way
+                pass
+            except ResponseError as exc:  # (a key of another type fails the plain way too, below)
+                self._use_script = False
+                log.warning("event_log.read_script_refused", stream=self.stream_key, error=str(exc))
+        entries = await self.client.xrange(self.stream_key, min=start, max=end, count=count)
+        if not entries:
+            return []
+        return [(_text(raw_id), cast("_Fields | None", fields)) for raw_id, fields in entries]
 
     async def read_range(
         self,
@@ -90,29 +141,33 @@ class EventLogReader:
             raise ValueError(f"empty range: until ({until}) is before since ({since})")
         start = "-" if since is None else str(stream_id_for(since - self.margin_s))
         end = "+" if until is None else str(stream_id_for(until + self.margin_s))
-        while True:
-            entries = await self.client.xrange(self.stream_key, min=start, max=end, count=batch)
-            if not entries:
-                return
-            for raw_id, fields in entries:
-                entry_id = _text(raw_id)
-                if fields is None:  # an entry deleted while we read
-                    continue
-                self.last_id = entry_id
-                try:
-                    # str or bytes throughout, depending on the client's decode_responses
-                    event = CallEvent.from_fields(cast("Mapping[str, str]", fields))
-                except (KeyError, ValueError, TypeError) as exc:
-                    self.skipped += 1
-                    log.warning(
-                        "event_log.entry_skipped", stream=self.stream_key, id=entry_id, error=repr(exc)
-                    )
-                    continue
-                if (since is None or event.ts >= since) and (until is None or event.ts < until):
-                    yield event
-            if len(entries) < batch:
-                return
-            start = "(" + _text(entries[-1][0])
+        pending: asyncio.Future[list[_Entry]] | None = asyncio.ensure_future(self._batch(start, end, batch))
+        from_fields = CallEvent.from_fields
+        try:
+            while pending is not None:
+                entries = await pending
+                pending = None
+                if len(entries) == batch:  # ask for the next one now (module docstring)
+                    pending = asyncio.ensure_future(self._batch("(" + entries[-1][0], end, batch))
+                for entry_id, fields in entries:
+                    if fields is None:  # an entry deleted while we read
+                        continue
+                    self.last_id = entry_id
+                    try:
+                        # str or bytes throughout, depending on the client's decode_responses
+                        event = from_fields(fields)
+                    except (KeyError, ValueError, TypeError) as exc:
+                        self.skipped += 1
+                        log.warning(
+                            "event_log.entry_skipped", stream=self.stream_key, id=entry_id, error=repr(exc)
+                        )
+                        continue
+                    if (since is None or event.ts >= since) and (until is None or event.ts < until):
+                        yield event
+        finally:
+            if pending is not None:  # the caller stopped early, or a batch failed
+                pending.cancel()
+                pending.add_done_callback(_retrieve)
 
 
 async def read_range(
