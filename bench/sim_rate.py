@@ -5,8 +5,18 @@ of ``dialplans/``, the queues of ``asterisk-conf/queues.conf``) at ``speed=inf``
 concurrent calls: Poisson callers on the four public numbers, 200 agents shared by the
 service queues. An AMI client is logged in with every event on and reads the socket, so
 each event is really encoded and sent; it counts the events it receives, which must equal
-what the engine emitted. Everything runs in this one process (one core): the figures
-include the AMI encoding, the socket writes and the client's reads.
+what the AMI server delivered. Everything runs in this one process (one core): the
+figures include the AMI encoding, the socket writes and the client's reads.
+
+AMI user (``--filters``):
+
+* ``ivr`` (default): the AMI server applies the ``eventfilter`` lines of the shipped
+  ``asterisk-conf/manager.conf`` for the ``ivr`` user, as Asterisk does (Newexten,
+  DeviceStateChange, NewCallerid, NewConnectedLine, LocalBridge, MusicOnHold and most
+  VarSet never reach the controller). ``events_per_s`` counts the events the client
+  receives; ``events_emitted`` (``events_emitted_per_s``) what the engine raised,
+  filtered or not.
+* ``none``: no filter, the whole stream (as the recordings were made).
 
 FastAGI (``--agi``):
 
@@ -24,6 +34,7 @@ CPU is the sessions themselves, which ``fast`` measures.
 Goals (the simulator's brief): >= 500 calls/s and >= 15k AMI events/s on one core.
 
     python bench/sim_rate.py --json [--calls 2000] [--agents 200] [--rate 3] [--agi none|fast]
+                                    [--filters ivr|none]
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import math
 import os
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -46,11 +58,13 @@ from ivr.sim.ami_server import AMIServer
 from ivr.sim.conf_loader import product_config
 from ivr.sim.config import AgentModel, MemberConfig, SimConfig
 from ivr.sim.engine import Simulator
+from ivr.sim.manager_conf import load_manager_user
 from ivr.sim.traffic import TrafficGenerator
 
 START = 1_800_000_000.0
 SECRET = "bench-secret"
 SERVICES = ("caf", "france-travail", "cpam", "carsat")
+MANAGER_CONF = Path(__file__).resolve().parent.parent / "asterisk-conf" / "manager.conf"
 
 
 def config(agents: int, rate: float, calls: int, agi_port: int) -> SimConfig:
@@ -196,7 +210,7 @@ async def engine_only(calls: int, agents: int, rate: float, seed: int, agi_port:
     return gen.stats.placed / cpu, events / cpu
 
 
-async def run(calls: int, agents: int, rate: float, seed: int, agi: str) -> dict[str, Any]:
+async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters: str) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     fast_server: asyncio.Server | None = None
     if agi == "fast":
@@ -213,13 +227,17 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str) -> dict
         note = "FastAGI: none (connect refused; the dialplan fails open to the service queue)"
     sim = Simulator(config(agents, rate, calls, agi_port), seed=seed, speed=math.inf, start_epoch=START)
     await sim.start()
-    ami = AMIServer(sim, "127.0.0.1", 0, "ivr", secret=SECRET, max_output_buffer=1 << 30)
+    event_filters = load_manager_user(MANAGER_CONF, "ivr").filters if filters == "ivr" else ()
+    ami = AMIServer(
+        sim, "127.0.0.1", 0, "ivr", secret=SECRET, max_output_buffer=1 << 30, event_filters=event_filters
+    )
     await ami.start()
     reader = _Reader()
     stop = asyncio.Event()
     reading = asyncio.create_task(reader.run(ami.port, stop))
     await asyncio.wait_for(reader.ready.wait(), 10)
     emitted0 = sim.events_emitted
+    delivered0 = ami.events_delivered
     peak = 0
 
     def count(name: str, headers: object) -> None:
@@ -234,7 +252,8 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str) -> dict
     await sim.idle()
     # the last events may still be in the socket
     emitted = sim.events_emitted - emitted0
-    reader.expect(emitted)
+    delivered = ami.events_delivered - delivered0
+    reader.expect(delivered)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(reader.caught_up.wait(), 10)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -257,6 +276,7 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str) -> dict
         "calls_per_s": round(placed / cpu),
         "events_per_s": round(received / cpu),
         "events_per_call": round(received / placed, 1),
+        "events_emitted_per_s": round(emitted / cpu),
         "engine_only_calls_per_s": round(engine_calls),
         "engine_only_events_per_s": round(engine_events),
         "calls": placed,
@@ -264,6 +284,7 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str) -> dict
         "agents": agents,
         "agi": agi,
         "events_emitted": emitted,
+        "events_delivered": delivered,
         "events_received": received,
         "ami_bytes": reader.bytes,
         "peak_channels": peak,
@@ -272,7 +293,14 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str) -> dict
         "cpu_s": round(cpu, 3),
         "wall_s": round(wall, 3),
         "loadavg_1m": round(os.getloadavg()[0], 2),
+        "filters": filters,
         "notes": note
+        + (
+            f"; AMI eventfilters of the ivr user in asterisk-conf/manager.conf applied ({len(event_filters)}"
+            " filters): events_per_s counts what the client receives, events_emitted what the engine raised"
+            if event_filters
+            else "; no AMI eventfilters: the client receives every event the engine raises"
+        )
         + "; one process, one core: engine + AMI encode/send + AMI client reads; engine_only_*: the same"
         " traffic with a counting listener instead of the AMI server",
     }
@@ -286,11 +314,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=3.0, help="arrivals per virtual second")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--agi", choices=("none", "fast"), default="none")
+    parser.add_argument(
+        "--filters",
+        choices=("ivr", "none"),
+        default="ivr",
+        help="AMI eventfilters: those of the ivr user in asterisk-conf/manager.conf, or none",
+    )
     args = parser.parse_args()
     if args.calls < 1 or args.agents < 1 or not args.rate > 0:
         parser.error("--calls, --agents and --rate must be positive")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    result = asyncio.run(run(args.calls, args.agents, args.rate, args.seed, args.agi))
+    result = asyncio.run(run(args.calls, args.agents, args.rate, args.seed, args.agi, args.filters))
     if args.json:
         print(json.dumps(result))
     else:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAUSE_TEXT",
+    "DEFAULT_LANGUAGE",
     "HANGUP",
     "STATE_DESC",
     "TIMEOUT",
@@ -47,6 +48,13 @@ STATE_DESC: Final[dict[int, str]] = {
     8: "Dialing Offhook",
     9: "Pre-ring",
 }
+
+#: ``ast_defaultlanguage`` (``main/asterisk.c``): a channel's language until
+#: ``Set(CHANNEL(language)=...)`` changes it.
+DEFAULT_LANGUAGE: Final = "en"
+#: Where ``Set(CHANNEL(language)=fr)`` leaves the language: function writes are kept as
+#: channel variables under their own name, without a VarSet (``ast_func_write``).
+LANGUAGE_VAR: Final = "CHANNEL(language)"
 
 #: ``ast_cause2str`` for the causes the simulator produces.
 CAUSE_TEXT: Final[dict[int, str]] = {
@@ -98,6 +106,7 @@ class Channel:
         "_accept_dtmf",
         "_accept_hangup",
         "_snap",
+        "_snap_lang",
         "_waiter",
         "answered_at",
         "app",
@@ -176,6 +185,7 @@ class Channel:
         self._accept_data = False
         self._accept_hangup = True
         self._snap: list[tuple[str, str]] | None = None
+        self._snap_lang = DEFAULT_LANGUAGE
 
     def __repr__(self) -> str:
         return f"<Channel {self.name} {STATE_DESC.get(self.state, self.state)}>"
@@ -185,10 +195,21 @@ class Channel:
         """Invalidate the cached snapshot after a change of state, caller id or location."""
         self._snap = None
 
+    @property
+    def language(self) -> str:
+        """``CHANNEL(language)``: what ``Set(CHANNEL(language)=...)`` made it, else ``en``."""
+        return self.vars.get(LANGUAGE_VAR, DEFAULT_LANGUAGE)
+
     def snapshot(self) -> list[tuple[str, str]]:
-        """``ast_manager_build_channel_state_string``: the 14 channel headers, in order."""
+        """``ast_manager_build_channel_state_string``: the 14 channel headers, in order.
+
+        Cached until :meth:`touch`; a language change (a function write, which does not
+        touch the channel) is noticed here.
+        """
         snap = self._snap
-        if snap is None:
+        language = self.vars.get(LANGUAGE_VAR, DEFAULT_LANGUAGE)
+        if snap is None or language != self._snap_lang:
+            self._snap_lang = language
             snap = self._snap = [
                 ("Channel", self.name),
                 ("ChannelState", str(self.state)),
@@ -197,7 +218,7 @@ class Channel:
                 ("CallerIDName", self.cid_name or "<unknown>"),
                 ("ConnectedLineNum", self.con_num or "<unknown>"),
                 ("ConnectedLineName", self.con_name or "<unknown>"),
-                ("Language", "en"),
+                ("Language", language),
                 ("AccountCode", ""),
                 ("Context", self.context),
                 ("Exten", self.exten),
@@ -228,6 +249,8 @@ class Channel:
             return str(self.priority)
         if name == "CHANNEL":
             return self.name
+        if name == LANGUAGE_VAR:
+            return DEFAULT_LANGUAGE
         if name == "UNIQUEID":
             return self.uniqueid
         if name == "LINKEDID":

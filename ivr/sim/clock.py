@@ -14,7 +14,10 @@ Why not ``asyncio.sleep`` per step: two things would break at high speed.
   at once; firing them all in one go would let a later timer run before the coroutines woken
   by an earlier one had reacted. The scheduler fires one virtual instant at a time and lets
   the event loop settle (no engine activity for two loop turns) before the next overdue
-  instant, so a run gives the same story whatever the machine's load.
+  instant, so a run gives the same story whatever the machine's load. (Firing as soon as
+  the loop has nothing ready would save a turn per instant but lose that: a socket's data
+  in flight between two in-process peers is in no ready queue, and the story would then
+  depend on when the kernel delivers it.)
 
 Inputs from outside the engine (an AMI action, a FastAGI command) are stamped with the
 wall-derived time, capped at the next pending timer so that they never overtake work the
@@ -38,22 +41,23 @@ _MAX_SETTLE_TURNS: Final = 64
 
 
 class Timer:
-    """A scheduled callback; ``cancel()`` makes it a no-op."""
+    """A scheduled callback; ``cancel()`` makes it a no-op.
 
-    __slots__ = ("args", "callback", "cancelled", "due", "seq")
+    The heap holds ``(due, seq, timer)`` tuples: ``seq`` is unique, so the heap orders
+    them by C-level tuple comparison and never compares two timers (a Python ``__lt__``
+    was a visible share of a busy simulation's time).
+    """
 
-    def __init__(self, due: float, seq: int, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    __slots__ = ("args", "callback", "cancelled", "due")
+
+    def __init__(self, due: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.due = due
-        self.seq = seq
         self.callback = callback
         self.args = args
         self.cancelled = False
 
     def cancel(self) -> None:
         self.cancelled = True
-
-    def __lt__(self, other: Timer) -> bool:
-        return (self.due, self.seq) < (other.due, other.seq)
 
 
 class Scheduler:
@@ -71,7 +75,7 @@ class Scheduler:
         self.speed = float(speed)
         self.activity = 0
         self._now = self.start_epoch
-        self._heap: list[Timer] = []
+        self._heap: list[tuple[float, int, Timer]] = []
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0
@@ -120,7 +124,7 @@ class Scheduler:
         """
         wall = self.wall_now()
         if self._heap:
-            wall = min(wall, self._heap[0].due)
+            wall = min(wall, self._heap[0][0])
         if wall > self._now:
             self._now = wall
         return self._now
@@ -132,9 +136,11 @@ class Scheduler:
     def call_at(self, due: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run ``callback(*args)`` at virtual time ``due`` (not before the current time)."""
         self._seq += 1
-        timer = Timer(max(due, self._now), self._seq, callback, args)
-        heapq.heappush(self._heap, timer)
-        if self._running and (self._armed_for is None or timer.due < self._armed_for):
+        if due < self._now:
+            due = self._now
+        timer = Timer(due, callback, args)
+        heapq.heappush(self._heap, (due, self._seq, timer))
+        if self._running and (self._armed_for is None or due < self._armed_for):
             self._arm()
         return timer
 
@@ -152,12 +158,13 @@ class Scheduler:
         return self.sleep(max(0.0, due - self._now))
 
     def pending(self) -> int:
-        return sum(1 for t in self._heap if not t.cancelled)
+        return sum(1 for _, _, t in self._heap if not t.cancelled)
 
     def next_due(self) -> float | None:
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
-        return self._heap[0].due if self._heap else None
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     # -- firing --------------------------------------------------------------------------
     def _arm(self) -> None:
@@ -207,8 +214,9 @@ class Scheduler:
             return
         if due > self._now:
             self._now = due
-        while heap and heap[0].due <= due:
-            timer = heapq.heappop(heap)
+        pop = heapq.heappop
+        while heap and heap[0][0] <= due:
+            timer = pop(heap)[2]
             if timer.cancelled:
                 continue
             self.activity += 1

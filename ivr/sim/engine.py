@@ -194,12 +194,15 @@ class Simulator:
         self.by_uniqueid: dict[str, Channel] = {}
         self._uid = 0
         self._local = 0
-        self._listeners: list[EventListener] = []
+        # A tuple, replaced on change: emit() iterates it while a listener may unsubscribe.
+        self._listeners: tuple[EventListener, ...] = ()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._device_inuse: dict[str, int] = {}
         self._device_reported: dict[str, str] = {}
         self._device_check: set[str] = set()
-        self._ts_cache: tuple[float, str] = (-1.0, "")
+        # The Timestamp header of the current instant: many events share one instant.
+        self._ts_at = -1.0
+        self._ts_pair: tuple[str, str] = ("Timestamp", "")
         self.started = False
         self.stopped = False
         self.events_emitted = 0
@@ -213,13 +216,15 @@ class Simulator:
 
     # -- Engine protocol ------------------------------------------------------------------
     def add_listener(self, listener: EventListener) -> None:
-        self._listeners.append(listener)
+        self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: EventListener) -> None:
+        listeners = list(self._listeners)
         try:
-            self._listeners.remove(listener)
+            listeners.remove(listener)
         except ValueError:
-            pass
+            return
+        self._listeners = tuple(listeners)
 
     def now(self) -> float:
         return self.clock.now()
@@ -308,23 +313,24 @@ class Simulator:
             await asyncio.sleep(0.005)
 
     # -- events ---------------------------------------------------------------------------
-    def _timestamp(self) -> str:
+    def _timestamp(self) -> tuple[str, str]:
+        """``("Timestamp", "<epoch>.<microseconds>")`` for the current virtual instant."""
         now = self.clock.now()
-        cached = self._ts_cache
-        if cached[0] != now:
-            cached = (now, f"{now:.6f}")
-            self._ts_cache = cached
-        return cached[1]
+        if now != self._ts_at:
+            self._ts_at = now
+            self._ts_pair = ("Timestamp", f"{now:.6f}")
+        return self._ts_pair
 
     def emit(self, name: str, privilege: str, headers: Headers) -> None:
         """Send an event to every listener: ``Privilege``, ``Timestamp`` then ``headers``."""
         self.clock.activity += 1
         self.events_emitted += 1
         self.event_counts[name] += 1
-        if not self._listeners:
-            return
-        full: Headers = [("Privilege", privilege), ("Timestamp", self._timestamp()), *headers]
-        for listener in tuple(self._listeners):
+        if self._listeners:
+            self._dispatch(name, [_privilege(privilege), self._timestamp(), *headers])
+
+    def _dispatch(self, name: str, full: Headers) -> None:
+        for listener in self._listeners:
             try:
                 listener(name, full)
             except Exception:
@@ -333,12 +339,12 @@ class Simulator:
     def emit_chan(
         self, name: str, chan: Channel, extra: Sequence[tuple[str, str]] = (), privilege: str = CALL
     ) -> None:
-        if not self._listeners:
-            self.clock.activity += 1
-            self.events_emitted += 1
-            self.event_counts[name] += 1
-            return
-        self.emit(name, privilege, [*chan.snapshot(), *extra])
+        """An event about one channel: its snapshot headers, then ``extra``."""
+        self.clock.activity += 1
+        self.events_emitted += 1
+        self.event_counts[name] += 1
+        if self._listeners:
+            self._dispatch(name, [_privilege(privilege), self._timestamp(), *chan.snapshot(), *extra])
 
     def emit_two(
         self, name: str, chan: Channel | None, dest: Channel, extra: Headers, privilege: str
@@ -435,10 +441,20 @@ class Simulator:
         self.emit_chan("NewConnectedLine", chan)
 
     def set_var(self, chan: Channel | None, name: str, value: str) -> None:
-        """``pbx_builtin_setvar_helper``: set and emit VarSet (``GLOBAL(X)`` sets a global)."""
+        """``pbx_builtin_setvar_helper``: set and emit VarSet (``GLOBAL(X)`` sets a global).
+
+        Any other name ending in ``)`` is a dialplan function: written without a VarSet, as
+        ``ast_func_write`` does (``CHANNEL(language)`` set by an Originate variable or an
+        AGI ``SET VARIABLE``, as ``Set()`` does in the dialplan).
+        """
         if name.startswith("GLOBAL(") and name.endswith(")"):
             chan = None
             name = name[7:-1]
+        elif chan is not None and name.endswith(")") and "(" in name and not name.startswith("CALLERID("):
+            from ivr.sim.apps import _write_function
+
+            _write_function(self, chan, name, value)
+            return
         if chan is None:
             self.globals[name] = value
             self.emit(
@@ -601,6 +617,8 @@ class Simulator:
         else:
             self._device_inuse[device] = count
         self.device_changed(device)
+        if peer is not None and peer.gone:
+            _unpair(chan, peer)
 
     # -- dialplan -----------------------------------------------------------------------------
     def lookup(self, chan: Channel) -> Callable[[str], str | None]:
@@ -611,10 +629,18 @@ class Simulator:
         return self.spawn(self.run_pbx(chan, context, exten, priority), name=f"pbx {chan.name}")
 
     async def run_pbx(self, chan: Channel, context: str, exten: str, priority: int = 1) -> None:
-        """``__ast_pbx_run``: execute priorities until the channel hangs up or falls off."""
+        """``__ast_pbx_run``: execute priorities until the channel hangs up or falls off.
+
+        An empty extension starts at ``s``; an extension that does not exist goes to
+        ``i`` (``INVALID_EXTEN`` set), else to ``e`` (``EXCEPTION(REASON)=INVALID``), else
+        the channel hangs up; running past an existing extension's last priority hangs up
+        (autofallthrough) -- ``main/pbx.c``.
+        """
         from ivr.sim.apps import JUMP, STOP, run_app
 
         chan.pbx_running = True
+        if not exten:
+            exten, priority = "s", 1
         if chan.context != context or chan.exten != exten or chan.priority != priority:
             chan.context, chan.exten, chan.priority = context, exten, priority
             chan.touch()
@@ -623,7 +649,9 @@ class Simulator:
             while not chan.hangup_requested and not chan.gone:
                 steps = self.dialplan.steps(chan.context, chan.exten)
                 if not 1 <= chan.priority <= len(steps):
-                    break
+                    if steps or not self._invalid_extension(chan):
+                        break
+                    continue
                 step = steps[chan.priority - 1]
                 appdata = substitute(step.args, chan.builtin)
                 if step.app.lower() not in SELF_ANNOUNCING:
@@ -643,6 +671,32 @@ class Simulator:
             structlog.contextvars.unbind_contextvars("uniqueid")
         if not chan.gone:
             self.hangup(chan, soft=not chan.explicit_hangup)
+
+    def _invalid_extension(self, chan: Channel) -> bool:
+        """``__ast_pbx_run`` on an extension that does not exist: on to ``i`` or ``e``.
+
+        False when the context has neither (Asterisk logs "sent to invalid extension but no
+        invalid handler" and hangs up). ``ast_exists_extension`` matches patterns too.
+        """
+        context, exten = chan.context, chan.exten
+        if exten != "i" and self.dialplan.exists(context, "i"):
+            log.info("sim.invalid_extension", channel=chan.name, context=context, exten=exten)
+            self.set_var(chan, "INVALID_EXTEN", exten)
+            target = "i"
+        elif exten != "e" and self.dialplan.exists(context, "e"):
+            # raise_exception(chan, "INVALID", 1): a datastore read by ${EXCEPTION(...)}
+            log.info("sim.invalid_extension", channel=chan.name, context=context, exten=exten)
+            chan.vars["EXCEPTION(REASON)"] = "INVALID"
+            chan.vars["EXCEPTION(CONTEXT)"] = context
+            chan.vars["EXCEPTION(EXTEN)"] = exten
+            chan.vars["EXCEPTION(PRIORITY)"] = str(chan.priority)
+            target = "e"
+        else:
+            log.warning("sim.invalid_extension_no_handler", channel=chan.name, context=context, exten=exten)
+            return False
+        chan.exten, chan.priority = target, 1
+        chan.touch()
+        return True
 
     # -- Originate ---------------------------------------------------------------------------
     def originate(self, req: OriginateRequest) -> None:
@@ -673,6 +727,7 @@ class Simulator:
                 self.by_uniqueid.pop(chan.uniqueid, None)
             self._device_inuse.pop(c1.device, None)
             self.device_changed(c1.device)
+            _unpair(c1, c2)
             self._originate_response(req, None, 0)
             return
         self.newexten(c1, "AppDial2", "(Outgoing Line)")
@@ -806,6 +861,28 @@ class Simulator:
     # -- bridges ------------------------------------------------------------------------------
     def new_bridge_id(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+
+def _unpair(c1: Channel, c2: Channel) -> None:
+    """Forget the partners of a Local pair once both halves are gone.
+
+    Each half refers to the other; left so, a finished call's channels (and their
+    variables and snapshots) would wait for the garbage collector instead of going at once.
+    A gone partner and no partner mean the same to every user of ``peer``.
+    """
+    c1.peer = None
+    c2.peer = None
+
+
+_PRIVILEGES: dict[str, tuple[str, str]] = {}
+
+
+def _privilege(privilege: str) -> tuple[str, str]:
+    """The ``Privilege`` header pair (one tuple per value, not one per event)."""
+    try:
+        return _PRIVILEGES[privilege]
+    except KeyError:
+        return _PRIVILEGES.setdefault(privilege, ("Privilege", privilege))
 
 
 def parse_variables(values: Iterable[str]) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ pieces to a caller that wants to drive them itself (the demo, integration tests)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from ivr.sim.traffic import TrafficGenerator
 
 if TYPE_CHECKING:
     from ivr.sim.ami_server import AMIServer
+    from ivr.sim.manager_conf import EventFilter
 
 __all__ = ["RunningSim", "run_sim", "start_sim"]
 
@@ -61,10 +63,14 @@ async def start_sim(
     queue_log: str | Path | None = None,
     traffic: bool | None = None,
     start_epoch: float | None = None,
+    event_filters: Iterable[EventFilter] = (),
 ) -> RunningSim:
     """Start the engine, the AMI server (unless ``ami_port`` is None) and the traffic.
 
-    ``traffic=None`` follows the config's ``[traffic] enabled``.
+    ``traffic=None`` follows the config's ``[traffic] enabled``. ``event_filters`` are the
+    AMI user's eventfilters, e.g. ``load_manager_user("asterisk-conf/manager.conf",
+    "ivr").filters`` for the stream a production controller gets (default: none, the
+    whole stream, as the recordings were made).
     """
     cfg = (
         config
@@ -80,7 +86,7 @@ async def start_sim(
         if ami_port is not None:
             from ivr.sim.ami_server import AMIServer
 
-            ami = AMIServer(sim, ami_host, ami_port, username, secret=secret)
+            ami = AMIServer(sim, ami_host, ami_port, username, secret=secret, event_filters=event_filters)
             await ami.start()
         task: asyncio.Task[object] | None = None
         if traffic if traffic is not None else cfg.traffic.enabled:
@@ -107,6 +113,7 @@ async def run_sim(
     duration: float | None = None,
     until_idle: bool = False,
     traffic: bool | None = None,
+    event_filters: Iterable[EventFilter] = (),
 ) -> Simulator:
     """Run the simulator until ``duration`` (virtual s), traffic end + idle, or cancellation."""
     running = await start_sim(
@@ -119,6 +126,7 @@ async def run_sim(
         secret=secret,
         queue_log=queue_log,
         traffic=traffic,
+        event_filters=event_filters,
     )
     sim = running.sim
     try:
