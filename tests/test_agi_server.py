@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,8 +26,10 @@ import pytest
 import structlog
 
 from ivr.agi.server import AGIServer
+from ivr.agi.session import AGISession
 from ivr.config import Config, default_config
 from ivr.domain.events import CallEvent
+from ivr.domain.ivr_ops import CallInfo, Clock, EventSink, Flow
 from ivr.protocol.agi import CLOSED, NEED_DATA, AGIClientConnection, Command, UnknownCommand
 from ivr.recording import read_fastagi
 
@@ -600,3 +604,169 @@ async def test_event_sink_failure_does_not_break_the_call() -> None:
     async with server:
         t = await ScriptedAsterisk(server.port, env_for("ivr?service=caf"), dtmf=["3", "#"]).run()
     assert t.variables["IVR_ACTION"] == "queue"
+
+
+# -- the protocol-driven session: time limits, flow control, ends ----------------------------------
+
+
+def only_session(server: AGIServer) -> AGISession:
+    (session,) = server._sessions
+    return session
+
+
+async def test_a_call_outlives_the_environment_deadline() -> None:
+    """The deadline moves with each command: a call longer than env_timeout is not cut."""
+    async with running(server_config(env_timeout_s=0.1, command_timeout_s=1.0, media_timeout_s=1.0)) as r:
+        t = await r.caller(env_for("ivr?service=caf"), dtmf=["3", "#"], delay=0.03).run()
+    assert t.variables["IVR_ACTION"] == "queue"  # 13 commands at 30 ms: 0.4 s in all
+    assert r.server.stats.failed == 0
+
+
+async def test_a_trickling_client_is_cut_at_the_environment_deadline() -> None:
+    """Bytes arriving do not move the deadline: one byte every 20 ms never completes in time."""
+    async with running(server_config(env_timeout_s=0.3)) as r:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in ENV_RAW:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.create_task(trickle())
+        async with asyncio.timeout(3):
+            with contextlib.suppress(ConnectionError):
+                assert await reader.read() == b""
+        elapsed = loop.time() - started
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        writer.close()
+        await eventually(lambda: r.server.sessions_active == 0)
+    assert 0.25 < elapsed < 1.0  # the whole block would take 10 s
+    assert r.server.stats.failed == 1
+
+
+async def test_commands_wait_while_the_transport_is_paused() -> None:
+    """Flow control: after ``pause_writing`` the next command is held until ``resume_writing``."""
+    async with running() as r:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        client = AGIClientConnection()
+        writer.write(client.start(env_for("ivr?service=caf")))
+
+        async def next_command() -> Command:
+            while True:
+                event = client.next_event()
+                if isinstance(event, Command):
+                    return event
+                assert event is NEED_DATA
+                client.receive_data(await reader.read(4096))
+
+        async with asyncio.timeout(3):
+            assert (await next_command()).name == "ANSWER"
+            session = only_session(r.server)
+            session.pause_writing()  # what the transport calls above its high-water mark
+            writer.write(client.reply(200, 0))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await next_command()
+            assert session.commands_sent == 2  # sent as far as the session goes, held in it
+            session.resume_writing()
+            assert await next_command() == Command("STREAM FILE", ("fr/decroche/caf-welcome", ""))
+        writer.close()
+
+
+async def test_a_held_command_still_times_out() -> None:
+    async with running(server_config(command_timeout_s=0.2, media_timeout_s=0.2)) as r:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        client = AGIClientConnection()
+        writer.write(client.start(env_for("ivr?service=caf")))
+        await eventually(lambda: r.server.sessions_active == 1 and only_session(r.server).commands_sent == 1)
+        only_session(r.server).pause_writing()
+        client.receive_data(await reader.readline())
+        assert client.next_event() == Command("ANSWER")
+        writer.write(client.reply(200, 0))
+        await eventually(lambda: r.server.stats.failed == 1 and r.server.sessions_active == 0)
+        writer.close()
+
+
+async def test_peer_gone_mid_call_is_not_a_failure() -> None:
+    """Asterisk closing while a command is pending (the dialplan moved on) ends the session."""
+    with structlog.testing.capture_logs() as logs:
+        async with running() as r:
+            reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+            writer.write(AGIClientConnection().start(env_for("ivr?service=caf", "gone-1")))
+            assert await reader.readline() == b"ANSWER\n"
+            writer.close()
+            await eventually(lambda: r.server.sessions_active == 0)
+    assert r.server.stats.failed == 0
+    (end,) = [entry for entry in logs if entry["event"] == "agi.session_end"]
+    assert (end["outcome"], end["commands"], end["error"]) == (
+        "peer_closed",
+        1,
+        "closed while ANSWER was pending",
+    )
+
+
+async def test_connection_reset_mid_call_frees_the_slot() -> None:
+    async with running(server_config(max_sessions=1)) as r:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        writer.write(AGIClientConnection().start(env_for("ivr?service=caf")))
+        assert await reader.readline() == b"ANSWER\n"
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+        await eventually(lambda: r.server.sessions_active == 0)
+        t = await r.caller(env_for("ivr?service=caf"), dtmf=["3", "#"]).run()
+    assert t.variables["IVR_ACTION"] == "queue"
+    assert (r.server.stats.failed, r.server.stats.rejected) == (0, 0)
+
+
+async def test_an_unsolicited_line_is_a_protocol_error() -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with running() as r:
+            reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+            writer.write(AGIClientConnection().start(env_for("ivr?service=caf")))
+            assert await reader.readline() == b"ANSWER\n"
+            writer.write(b"hello there\n")
+            async with asyncio.timeout(3):
+                assert await reader.read() == b""  # closed on us
+            writer.close()
+            await eventually(lambda: r.server.sessions_active == 0)
+    assert r.server.stats.failed == 1
+    assert [e["event"] for e in logs if e["log_level"] in ("error", "warning")] == ["agi.protocol_error"]
+
+
+async def test_a_flow_factory_that_raises_fails_only_its_call() -> None:
+    def broken(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+        raise RuntimeError("no flow today")
+
+    server = AGIServer(server_config(), {"broken": broken}, None, "127.0.0.1", 0)
+    with structlog.testing.capture_logs() as logs:
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(AGIClientConnection().start(env_for("broken")))
+            async with asyncio.timeout(3):
+                assert await reader.read() == b""
+            writer.close()
+            await eventually(lambda: server.sessions_active == 0)
+            t = await ScriptedAsterisk(server.port, env_for("ivr?service=caf")).run()  # unknown script
+    assert t.lines[-1] == "HANGUP"
+    assert server.stats.failed == 1
+    failed = [e for e in logs if e["event"] == "agi.flow_failed"]
+    assert len(failed) == 1 and isinstance(failed[0]["exc_info"], RuntimeError)
+
+
+async def test_one_info_line_per_call() -> None:
+    """Logging stays cheap: a call that goes well writes ``agi.session_end`` and nothing else."""
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with running() as r:
+            await r.caller(env_for("ivr?service=caf", "one-line"), dtmf=["3", "#"]).run()
+            await eventually(lambda: r.server.sessions_active == 0)
+    calls = [e for e in logs if e.get("uniqueid") == "one-line" and e["log_level"] != "debug"]
+    assert [(e["event"], e["log_level"]) for e in calls] == [("agi.session_end", "info")]
+    assert (calls[0]["outcome"], calls[0]["action"], calls[0]["commands"]) == ("done", "queue", 13)
+    assert not [e for e in logs if "uniqueid" in e and e["uniqueid"] != "one-line"]

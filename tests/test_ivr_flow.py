@@ -215,23 +215,27 @@ def test_info_then_hangup_resolves_in_the_ivr(config: Config) -> None:
 
 
 def test_callback_option_queues_while_callbacks_are_disabled(config: Config) -> None:
-    assert config.callbacks.enabled is False
-    _, _, caller, events = run_ivr(config, [keys("2"), keys("4"), keys("11112222")])
+    disabled = dataclasses.replace(config, callbacks=dataclasses.replace(config.callbacks, enabled=False))
+    _, _, caller, events = run_ivr(disabled, [keys("2"), keys("4"), keys("11112222")])
     assert (caller.variables["IVR_ACTION"], caller.variables["IVR_QUEUE"]) == ("queue", "caf")
     assert caller.variables["IVR_REASON"] == "rsa-rappel"
     assert [e.data["action"] for e in events if e.type == "agent.requested"] == ["queue"]
 
 
-def test_callback_option(config: Config) -> None:
-    enabled = dataclasses.replace(config, callbacks=dataclasses.replace(config.callbacks, enabled=True))
-    decision, steps, caller, events = run_ivr(enabled, [keys("2"), keys("4"), keys("11112222")])
-    assert caller.variables["IVR_ACTION"] == "callback"
+def test_callback_option_without_the_callback_service_queues(config: Config) -> None:
+    """Plain flows have nobody to record a request: no promise, the caller waits for an agent.
+
+    (The offer itself, with the service, is tested in tests/test_callback_ivr.py.)
+    """
+    assert config.callbacks.enabled is True
+    decision, _, caller, events = run_ivr(config, [keys("2"), keys("4"), keys("11112222")])
+    assert caller.variables["IVR_ACTION"] == "queue"
     assert caller.variables["IVR_QUEUE"] == "caf"
     assert caller.variables["IVR_CASE"] == "11112222"
-    assert "fr/pls-hold-while-try" not in prompts(steps)  # no "please hold" before a callback
-    requested = [e for e in events if e.type == "agent.requested"]
-    assert requested[0].data["action"] == "callback"
-    assert decision.action == "callback"
+    assert "IVR_CALLBACK_ID" not in caller.variables
+    assert [e.data["action"] for e in events if e.type == "agent.requested"] == ["queue"]
+    assert "callback.offered" not in types(events)
+    assert decision.action == "queue"
 
 
 # -- wrong keys, silence and odd DTMF -----------------------------------------------------------

@@ -3,21 +3,26 @@
 Robustness, because every session is a caller waiting in silence:
 
 * **Who may connect.** FastAGI has no authentication; a peer outside
-  ``[agi] allowed_clients`` is closed at once, before a byte is read.
+  ``[agi] allowed_clients`` is dropped at once, before a byte is read.
 * **Bounded load.** At most ``max_sessions`` sessions run; a connection beyond that is
-  closed at once with a log line (Asterisk's ``AGI()`` then fails and the dialplan
+  dropped at once with a log line (Asterisk's ``AGI()`` then fails and the dialplan
   continues, where it should route to a human). Waiting in line would only keep the
   caller in silence longer.
-* **No stalls.** Each session is its own task with a deadline on the environment block and
-  on every command; a client that sends half an environment and vanishes (panoramisk
-  1.4 keeps such a session forever) or trickles bytes frees its slot at the deadline.
-  Nothing in a session blocks the event loop.
-* **Hangups.** The codec reports Asterisk's inline ``HANGUP``; the channel stops sending
+* **No stalls.** A session (:class:`~ivr.agi.session.AGISession`) has a deadline on the
+  environment block and on every command; a client that sends half an environment and
+  vanishes (panoramisk 1.4 keeps such a session forever) or trickles bytes frees its slot
+  at the deadline. Nothing in a session blocks the event loop.
+* **Cheap sessions.** A session is a protocol driven by the loop's callbacks, not a task
+  with a stream reader: at 500 concurrent calls the per-command task switches, futures and
+  timeout objects cost more than the IVR, and the loop's queueing is the silence a caller
+  hears before the first prompt (``bench/agi_sessions.py``).
+* **Hangups.** The codec reports Asterisk's inline ``HANGUP``; the session stops sending
   media commands and the flow ends (``ivr.domain.ivr_flow``).
 * **Logs** of a session carry its ``uniqueid`` (structlog contextvars, bound in the
-  session's own task so they never leak to another call).
+  session's own context so they never leak to another call): one ``agi.session_end`` line
+  per call (plus a warning when it failed), debug lines elsewhere.
 * **Graceful shutdown** (:meth:`AGIServer.stop`): stop listening, let running sessions
-  finish until the grace deadline, then cancel the rest.
+  finish until the grace deadline, then drop the rest.
 
 Routing: the script name of ``agi_network_script`` (query string apart) picks a flow
 factory from ``flows`` (by default :func:`ivr.domain.scripts.default_flows`: ``ivr``,
@@ -29,32 +34,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Final
 
-import structlog
-
-from ivr.agi.session import (
-    AGIChannel,
-    AGISession,
-    CommandTimeout,
-    EnvironmentTimeout,
-    SessionClosed,
-    drive,
-)
+from ivr.agi.session import AGISession, Outcome
 from ivr.config import Config
 from ivr.domain.events import CallEvent
-from ivr.domain.ivr_ops import CallInfo, Clock, Decision, EventSink, refuse
+from ivr.domain.ivr_ops import CallInfo, Clock, EventSink, Flow, refuse
 from ivr.domain.scripts import FlowFactory, default_flows
 from ivr.logs import get_logger
 from ivr.protocol.agi import AGIEnvironment
-from ivr.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["AGIServer", "AGIStats", "call_info"]
 
 log = get_logger(__name__)
+#: structlog hands our lines to this stdlib logger, whose level decides (``filter_by_level``):
+#: asking it first spares building a debug line per call that would be dropped.
+_level = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +77,15 @@ def call_info(env: AGIEnvironment) -> CallInfo:
         query=env.query,
         extension=env.get("extension"),
     )
+
+
+#: The warning logged for a session that ended badly (besides its ``agi.session_end``).
+_OUTCOME_EVENTS: Final[dict[Outcome, str]] = {
+    Outcome.ENV_TIMEOUT: "agi.env_timeout",
+    Outcome.BAD_ENVIRONMENT: "agi.bad_environment",
+    Outcome.COMMAND_TIMEOUT: "agi.command_timeout",
+    Outcome.CANCELLED: "agi.session_cancelled",
+}
 
 
 class AGIServer:
@@ -106,7 +114,11 @@ class AGIServer:
         self._port = config.agi.port if port is None else port
         self.clock = clock
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sessions: set[AGISession] = set()  # admitted, not ended
+        self._connections: set[AGISession] = set()  # transports not yet gone, admitted or not
+        self._idle: asyncio.Future[None] | None = None  # set when the last session ends (stop)
+        self._closed: asyncio.Future[None] | None = None  # set when the last transport is gone
+        self._allowed: dict[str, bool] = {}  # allowlist verdicts per peer address
         self._closing = False
         self.sessions_active = 0
         self.sessions_total = 0
@@ -132,30 +144,52 @@ class AGIServer:
         if self._server is not None:
             raise RuntimeError("AGI server already started")
         self._closing = False
+        agi_cfg = self.config.agi
+        loop = asyncio.get_running_loop()
+
+        def new_session() -> AGISession:
+            return AGISession(
+                self,
+                loop=loop,  # asyncio.get_running_loop() asks the kernel for the pid, every call
+                env_timeout=agi_cfg.env_timeout_s,
+                command_timeout=agi_cfg.command_timeout_s,
+                media_timeout=agi_cfg.media_timeout_s,
+            )
+
         # A burst of calls connects at once: a listen backlog below max_sessions makes the
         # kernel drop SYNs, and those callers wait a second for the retransmission.
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self._port, backlog=max(100, self.config.agi.max_sessions)
+        self._server = await loop.create_server(
+            new_session, self.host, self._port, backlog=max(100, agi_cfg.max_sessions)
         )
-        log.info("agi.listening", host=self.host, port=self.port, max_sessions=self.config.agi.max_sessions)
+        log.info("agi.listening", host=self.host, port=self.port, max_sessions=agi_cfg.max_sessions)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let sessions finish up to ``grace`` seconds, then cancel them."""
+        """Stop accepting, let sessions finish up to ``grace`` seconds, then drop them."""
         server = self._server
         if server is None:
             return
         self._closing = True
         server.close()
         deadline = self.config.agi.shutdown_grace_s if grace is None else grace
-        tasks = set(self._tasks)
-        if tasks:
-            log.info("agi.draining", sessions=len(tasks), grace_s=deadline)
-            _, pending = await asyncio.wait(tasks, timeout=deadline)
-            if pending:
-                log.warning("agi.cancelling_sessions", sessions=len(pending))
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=5.0)
+        loop = asyncio.get_running_loop()
+        if self._sessions:
+            log.info("agi.draining", sessions=len(self._sessions), grace_s=deadline)
+            self._idle = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle), deadline)
+            self._idle = None
+            if self._sessions:
+                log.warning("agi.cancelling_sessions", sessions=len(self._sessions))
+                for session in list(self._sessions):
+                    session.cancel()
+        if self._connections:  # closing transports flush their last line; a peer that reads nothing
+            self._closed = loop.create_future()  # gets a second, then the connection is dropped
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._closed), 1.0)
+            self._closed = None
+            for session in list(self._connections):
+                if session.transport is not None:
+                    session.transport.abort()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5.0)
         self._server = None
@@ -168,7 +202,7 @@ class AGIServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # -- sessions ---------------------------------------------------------------------------
+    # -- sessions (SessionOwner) ------------------------------------------------------------------
 
     def _emit(self, event: CallEvent) -> None:
         """The sink must never break a call: its failures are logged and the call goes on."""
@@ -179,95 +213,81 @@ class AGIServer:
         except Exception:
             log.exception("agi.event_sink_failed", event_type=event.type, event_id=event.id)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        agi_cfg = self.config.agi
-        if not agi_cfg.allows(address):
+    def _allows(self, address: str) -> bool:
+        verdict = self._allowed.get(address)
+        if verdict is None:
+            verdict = self.config.agi.allows(address)
+            if len(self._allowed) < 4096:  # peers are a few PBXs; bounded all the same
+                self._allowed[address] = verdict
+        return verdict
+
+    def admit(self, session: AGISession, address: str) -> bool:
+        self._connections.add(session)
+        if not self._allows(address):
             self.denied += 1
             log.warning("agi.client_denied", peer=address)
-            writer.transport.abort()
-            return
-        if self._closing or self.sessions_active >= agi_cfg.max_sessions:
+            return False
+        max_sessions = self.config.agi.max_sessions
+        if self._closing or self.sessions_active >= max_sessions:
             self.rejected += 1
             log.warning(
                 "agi.session_rejected",
                 peer=address,
                 active=self.sessions_active,
-                max_sessions=agi_cfg.max_sessions,
+                max_sessions=max_sessions,
                 closing=self._closing,
             )
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
+            return False
+        self._sessions.add(session)
         self.sessions_active += 1
         self.sessions_total += 1
-        session = AGISession(
-            reader,
-            writer,
-            env_timeout=agi_cfg.env_timeout_s,
-            command_timeout=agi_cfg.command_timeout_s,
-            media_timeout=agi_cfg.media_timeout_s,
-        )
-        try:
-            await self._session(session, address)
-        except asyncio.CancelledError:
-            log.warning("agi.session_cancelled", peer=address)
-            session.abort()
-            raise
-        finally:
-            self.sessions_active -= 1
-            if task is not None:
-                self._tasks.discard(task)
-            await session.close()
+        return True
 
-    async def _session(self, session: AGISession, address: str) -> None:
-        try:
-            env = await session.read_environment()
-        except EnvironmentTimeout as exc:
-            self.failed += 1
-            log.warning("agi.env_timeout", peer=address, error=str(exc))
-            return
-        except (RemoteProtocolError, ConnectionError) as exc:
-            self.failed += 1
-            log.warning("agi.bad_environment", peer=address, error=str(exc))
-            return
+    def open_flow(self, session: AGISession, env: AGIEnvironment) -> Flow:
         call = call_info(env)
-        with structlog.contextvars.bound_contextvars(uniqueid=call.uniqueid, agi_script=call.script):
-            await self._run(session, env, call, address)
-
-    async def _run(self, session: AGISession, env: AGIEnvironment, call: CallInfo, address: str) -> None:
-        started = time.monotonic()
-        log.info("agi.session_start", peer=address, channel=call.channel, request=env.network_script)
+        if _level.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "agi.session_start", peer=session.peer, channel=call.channel, request=env.network_script
+            )
         factory = self.flows.get(call.script)
         if factory is None:
             log.warning("agi.unknown_script", script=call.script, known=sorted(self.flows))
-            flow = refuse("unknown_script", f"decroche: unknown FastAGI script {call.script!r}")
+            return refuse("unknown_script", f"decroche: unknown FastAGI script {call.script!r}")
+        return factory(call, self.clock, self._emit)
+
+    def session_ended(
+        self, session: AGISession, outcome: Outcome, error: str, exc: BaseException | None
+    ) -> None:
+        self._sessions.discard(session)
+        self.sessions_active -= 1
+        if outcome.failed:
+            self.failed += 1
+        event = _OUTCOME_EVENTS.get(outcome)
+        if session.env is None:  # nothing to tie to a call: that one line says it all
+            log.warning(event or f"agi.{outcome.value}", peer=session.peer, error=error)
         else:
-            flow = factory(call, self.clock, self._emit)
-        decision: Decision | None = None
-        try:
-            decision = await drive(flow, AGIChannel(session))
-        except SessionClosed as exc:
-            log.info("agi.peer_closed", error=str(exc))
-        except CommandTimeout as exc:
-            self.failed += 1
-            log.warning("agi.command_timeout", error=str(exc))
-        except (RemoteProtocolError, LocalProtocolError) as exc:
-            self.failed += 1
-            log.error("agi.protocol_error", error=str(exc))
-        except Exception:
-            self.failed += 1
-            log.exception("agi.flow_failed")
-        finally:
+            if outcome is Outcome.FLOW_FAILED:
+                log.error("agi.flow_failed", error=error, exc_info=exc)
+            elif outcome is Outcome.PROTOCOL_ERROR:
+                log.error("agi.protocol_error", error=error)
+            elif event is not None:
+                log.warning(event, error=error)
+            decision = session.decision
             log.info(
                 "agi.session_end",
+                outcome=outcome.value,
                 action=decision.action if decision else None,
                 queue=decision.queue if decision else None,
                 reason=decision.reason if decision else None,
+                error=error or None,
                 hung_up=session.hung_up,
                 commands=session.commands_sent,
-                duration_s=round(time.monotonic() - started, 3),
+                duration_s=round(session.duration, 3),
             )
+        if not self._sessions and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def connection_lost(self, session: AGISession) -> None:
+        self._connections.discard(session)
+        if not self._connections and self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)

@@ -1,31 +1,51 @@
-"""One FastAGI connection: the asyncio side of :class:`~ivr.protocol.agi.AGIServerConnection`.
+"""One FastAGI connection: an :class:`asyncio.Protocol` that drives a flow from the loop's callbacks.
 
-:class:`AGISession` moves bytes and enforces time limits; :class:`AGIChannel` turns the
-flow's steps (``ivr.domain.ivr_ops``) into AGI commands and replies into step results;
-:func:`drive` runs a flow over a channel. The codec does the parsing (inline ``HANGUP``,
+A flow (``ivr.domain.ivr_ops``) is a generator of steps. :class:`AGISession` turns each
+step into one AGI command, writes it, and when the reply arrives (``data_received``) turns
+it into the step's result and resumes the flow at once, in the same callback. There is no
+task, future, stream reader or per-command timeout object per session: at 500 concurrent
+calls that machinery cost more CPU than the IVR itself, and the queueing it caused is what
+a caller hears as silence after the ring. The codec does the parsing (inline ``HANGUP``,
 multi-line 520), so nothing here looks at a byte.
 
 Time limits: the environment block must arrive within ``env_timeout`` (a client that
-connects and says nothing holds a session slot only that long); each command must be
-answered within ``command_timeout``, or ``media_timeout`` for commands that play sound
-(plus the digit timeout for ``GET DATA``) since a prompt may last minutes.
+connects and says nothing, or trickles bytes, holds a slot only that long); each command
+must be answered within ``command_timeout``, or ``media_timeout`` for commands that play
+sound (plus the digit timeout for ``GET DATA``) since a prompt may last minutes. One timer
+per session enforces them: sending a command only moves the session's deadline, and the
+timer, when it fires early, re-arms itself for the current deadline (re-arming on every
+command would allocate a timer handle per command and fill the loop's heap with cancelled
+ones). Bytes arriving do not move the deadline: a trickling client is cut at it.
+
+Writes: a command is written without waiting for the transport to drain; one command at a
+time is outstanding, so a session buffers at most one line (< 8 KiB, ``AGI_BUF_LEN``). If
+the transport still reports its buffer over the high-water mark (``pause_writing``), the
+next command is held until ``resume_writing``; its deadline keeps running.
+
+Logging context: every callback runs in the session's own :class:`contextvars.Context`,
+where the call's ``uniqueid`` is bound once the environment is read, so that log lines
+(and the event sink) see the call they belong to and nothing leaks to another call.
 
 Why a hangup is decided here: Asterisk answers 511 to media commands on a dead channel
 and ``result=-1`` to ``STREAM FILE``/``GET DATA`` both when the caller hung up and when
 the prompt file is missing (``handle_streamfile`` / ``ast_app_getdata_full`` in
 res_agi.c and main/app.c). Only the inline ``HANGUP`` line (seen by the codec) tells
 them apart, and the recording (``agi_hangup``) shows it arriving only before the *next*
-reply. So after a ``-1`` the channel sends one cheap probe, ``GET VARIABLE
+reply. So after a ``-1`` the session sends one cheap probe, ``GET VARIABLE
 CHANNEL(state)`` (answered even on a dead channel): if the ``HANGUP`` line comes with its
 reply, the caller is gone; if not, the prompt failed and the flow retries it as a failed
-attempt. Once the caller is known gone, the channel sends nothing more.
+attempt. Once the caller is known gone, the session sends nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Final
+import contextvars
+import enum
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import structlog
 
 from ivr.domain.ivr_ops import (
     HUNG_UP,
@@ -53,180 +73,430 @@ from ivr.protocol.agi import (
     Command,
     HangupNotice,
     Reply,
-    ServerState,
 )
-from ivr.protocol.errors import RemoteProtocolError
+from ivr.protocol.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["AGIChannel", "AGISession", "CommandTimeout", "EnvironmentTimeout", "SessionClosed", "drive"]
+__all__ = ["AGISession", "Outcome", "SessionOwner"]
 
 log = get_logger(__name__)
 
-READ_SIZE: Final = 16 * 1024
 #: Read after an ambiguous ``result=-1`` to let a pending ``HANGUP`` line show itself.
 PROBE_VARIABLE: Final = "CHANNEL(state)"
+FAILED: Final = StepResult(failed=True)
+_PROBE: Final = agi.get_variable(PROBE_VARIABLE)
 
 
-class SessionClosed(Exception):
-    """Asterisk closed the connection (the dialplan moved on, or the PBX went away)."""
+class Outcome(enum.Enum):
+    """How a session ended; ``failed`` says whether it counts as a failure."""
+
+    DONE = "done"  # the flow returned its decision
+    PEER_CLOSED = "peer_closed"  # Asterisk closed the connection (the dialplan moved on)
+    ENV_TIMEOUT = "env_timeout"  # no complete environment in time
+    BAD_ENVIRONMENT = "bad_environment"  # malformed environment, or closed inside it
+    COMMAND_TIMEOUT = "command_timeout"  # a command was not answered in time
+    PROTOCOL_ERROR = "protocol_error"  # a reply we cannot read, or a command we cannot send
+    FLOW_FAILED = "flow_failed"  # the flow raised
+    CANCELLED = "cancelled"  # dropped at the shutdown deadline
+
+    @property
+    def failed(self) -> bool:
+        return self in _FAILURES
 
 
-class EnvironmentTimeout(Exception):
-    """The environment block did not arrive in time."""
+_FAILURES: Final = frozenset(
+    {
+        Outcome.ENV_TIMEOUT,
+        Outcome.BAD_ENVIRONMENT,
+        Outcome.COMMAND_TIMEOUT,
+        Outcome.PROTOCOL_ERROR,
+        Outcome.FLOW_FAILED,
+    }
+)
 
 
-class CommandTimeout(Exception):
-    """A command was not answered in time."""
+class SessionOwner(Protocol):
+    """What a session asks of its server: admission, a flow, and where to report its end."""
+
+    def admit(self, session: AGISession, address: str) -> bool:
+        """Whether this connection may open a session (False: it is dropped at once)."""
+        ...
+
+    def open_flow(self, session: AGISession, env: AGIEnvironment) -> Flow:
+        """The flow for the call, once its environment is read (the uniqueid is bound)."""
+        ...
+
+    def session_ended(
+        self, session: AGISession, outcome: Outcome, error: str, exc: BaseException | None
+    ) -> None:
+        """Called once per admitted session, in its logging context, before its transport closes."""
+        ...
+
+    def connection_lost(self, session: AGISession) -> None:
+        """Called once per connection, admitted or not, when its transport is gone."""
+        ...
 
 
-class AGISession:
-    """Reads the environment, sends one command at a time, returns its reply."""
+ReplyHandler = Callable[["AGISession", Reply], StepResult | None]
+
+
+class AGISession(asyncio.Protocol):
+    """The controller's side of one FastAGI connection, flow included.
+
+    Attributes read by the owner: ``peer``, ``env`` (None until read), ``decision`` (the
+    flow's, None if it did not finish), ``commands_sent``, ``started`` (loop time of the
+    environment), ``hung_up``.
+    """
+
+    # Slots: attribute access on every command, and one tracked object fewer per call for
+    # the garbage collector to walk while the call lasts.
+    __slots__ = (
+        "_command",
+        "_ctx",
+        "_deadline",
+        "_done",
+        "_failed_reply",
+        "_flow",
+        "_held",
+        "_limit",
+        "_loop",
+        "_on_reply",
+        "_paused",
+        "_step",
+        "_timer",
+        "_timer_at",
+        "command_timeout",
+        "commands_sent",
+        "conn",
+        "decision",
+        "env",
+        "env_timeout",
+        "media_timeout",
+        "owner",
+        "peer",
+        "started",
+        "transport",
+    )
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        owner: SessionOwner,
         *,
+        loop: asyncio.AbstractEventLoop | None = None,
         env_timeout: float,
         command_timeout: float,
         media_timeout: float,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.conn = AGIServerConnection()
+        self.owner = owner
         self.env_timeout = env_timeout
         self.command_timeout = command_timeout
         self.media_timeout = media_timeout
+        self.conn = AGIServerConnection()
+        self.peer = ""
+        self.env: AGIEnvironment | None = None
+        self.decision: Decision | None = None
         self.commands_sent = 0
+        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop() if loop is None else loop
+        self._ctx = contextvars.copy_context()
+        self._done = False
+        self._flow: Flow | None = None
+        # The outstanding command: what it was for, how its reply becomes a step result.
+        self._step: Step | None = None
+        self._on_reply: ReplyHandler | None = None
+        self._command: Command | None = None
+        self._limit = 0.0
+        self._failed_reply: Reply | None = None  # a -1 awaiting its probe
+        # Time limit: the deadline of what we wait for, and the one timer that enforces it.
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        # Flow control.
+        self._paused = False
+        self._held: bytes | None = None
 
     @property
     def hung_up(self) -> bool:
         return self.conn.hung_up
 
-    async def _fill(self) -> None:
-        data = await self.reader.read(READ_SIZE)
-        self.conn.receive_data(data)  # b"" = end of stream; the codec then reports CLOSED
+    @property
+    def duration(self) -> float:
+        """Seconds since the environment was read (0 before)."""
+        return self._loop.time() - self.started if self.env is not None else 0.0
 
-    async def read_environment(self) -> AGIEnvironment:
+    # -- transport callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self.owner.admit(self, self.peer):
+            self._done = True
+            transport.abort()
+            return
+        self._set_deadline(self._loop.time() + self.env_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        self.conn.receive_data(data)
+        self._ctx.run(self._pump)
+
+    def eof_received(self) -> bool:
+        if not self._done:
+            self.conn.receive_data(b"")  # the codec then reports CLOSED, or raises inside a block
+            self._ctx.run(self._pump)
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done:
+            error = f"connection lost: {exc}" if exc else "connection lost"
+            outcome = Outcome.PEER_CLOSED if self.env is not None else Outcome.BAD_ENVIRONMENT
+            self._ctx.run(self._end, outcome, error)
+        self.owner.connection_lost(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        held, self._held = self._held, None
+        if held is not None and not self._done and self.transport is not None:
+            self.transport.write(held)
+
+    # -- the owner's controls ----------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Drop the connection now (shutdown deadline passed); reported as CANCELLED."""
+        if self._done:
+            return
+        self._ctx.run(self._end, Outcome.CANCELLED, "cancelled at shutdown", None, True)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Handle every event the received bytes complete; runs in the session's context."""
+        conn = self.conn
         try:
-            async with asyncio.timeout(self.env_timeout):
-                while True:
-                    event = self.conn.next_event()
-                    if isinstance(event, AGIEnvironment):
-                        return event
-                    if event is NEED_DATA:
-                        await self._fill()
-                    elif event is CLOSED:  # pragma: no cover - the codec raises for EOF in the block
-                        raise SessionClosed("connection closed before the environment")
-                    else:  # pragma: no cover - nothing else can come before the blank line
-                        raise RemoteProtocolError(f"unexpected {event!r} before the environment ended")
-        except TimeoutError:
-            raise EnvironmentTimeout(f"no complete environment within {self.env_timeout} s") from None
+            while not self._done:
+                event = conn.next_event()
+                if type(event) is Reply:
+                    handler = self._on_reply
+                    assert handler is not None
+                    self._on_reply = None
+                    result = handler(self, event)
+                    if result is not None:
+                        self._advance(result)
+                elif event is NEED_DATA:
+                    return
+                elif type(event) is HangupNotice:
+                    log.debug("agi.hangup_notice", pending=self._command.name if self._command else None)
+                elif event is CLOSED:
+                    pending = self._command.name if self._on_reply and self._command else None
+                    self._end(
+                        Outcome.PEER_CLOSED,
+                        f"closed while {pending} was pending" if pending else "closed by the peer",
+                    )
+                else:
+                    assert isinstance(event, AGIEnvironment)
+                    self._start(event)
+        except RemoteProtocolError as exc:
+            outcome = Outcome.PROTOCOL_ERROR if self.env is not None else Outcome.BAD_ENVIRONMENT
+            self._end(outcome, str(exc))
+        except LocalProtocolError as exc:
+            self._end(Outcome.PROTOCOL_ERROR, str(exc))
+        except Exception as exc:
+            self._end(Outcome.FLOW_FAILED, repr(exc), exc)
 
-    async def command(self, command: Command, limit: float | None = None) -> Reply:
-        """Send ``command`` and wait for its reply (inline HANGUP lines are noted and skipped)."""
-        if self.conn.state is ServerState.CLOSED:
-            raise SessionClosed("connection already closed")
-        limit = self.command_timeout if limit is None else limit
-        self.writer.write(self.conn.send(command))
-        self.commands_sent += 1
+    def _start(self, env: AGIEnvironment) -> None:
+        self.env = env
+        self.started = self._loop.time()
+        # Inside self._ctx: every later callback of this session sees the binding.
+        structlog.contextvars.bind_contextvars(uniqueid=env.uniqueid, agi_script=env.script)
+        self._flow = self.owner.open_flow(self, env)
+        self._advance(None)
+
+    # -- the flow --------------------------------------------------------------------------------
+
+    def _advance(self, result: StepResult | None) -> None:
+        """Resume the flow with ``result`` until it needs an answer from Asterisk, or ends."""
+        flow = self._flow
+        assert flow is not None
         try:
-            async with asyncio.timeout(limit):
-                await self.writer.drain()
-                while True:
-                    event = self.conn.next_event()
-                    if isinstance(event, Reply):
-                        return event
-                    if isinstance(event, HangupNotice):
-                        log.info("agi.hangup_notice", pending=command.name)
-                    elif event is NEED_DATA:
-                        await self._fill()
-                    elif event is CLOSED:
-                        raise SessionClosed(f"connection closed while {command.name} was pending")
-        except TimeoutError:
-            raise CommandTimeout(f"{command.name} not answered within {limit} s") from None
-        except ConnectionError as exc:
-            raise SessionClosed(f"connection lost while {command.name} was pending: {exc}") from None
+            step = next(flow) if result is None else flow.send(result)
+            while True:
+                result = self._begin(step)
+                if result is None:
+                    return
+                step = flow.send(result)
+        except StopIteration as stop:
+            self.decision = stop.value
+            self._end(Outcome.DONE, "")
 
-    async def close(self) -> None:
-        """Close our side; Asterisk then continues the dialplan after ``AGI()``."""
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
-
-    def abort(self) -> None:
-        """Drop the connection at once (shutdown deadline passed)."""
-        self.writer.transport.abort()
-
-
-class AGIChannel:
-    """Performs flow steps as AGI commands on one session."""
-
-    def __init__(self, session: AGISession) -> None:
-        self.session = session
-
-    async def perform(self, step: Step) -> StepResult:
-        s = self.session
-        if s.hung_up and not isinstance(step, GetVar | Verbose):
+    def _begin(self, step: Step) -> StepResult | None:
+        """Send the command of ``step``; a result now if none is needed (the caller is gone)."""
+        kind = step.__class__
+        if self.conn.hung_up and kind is not GetVar and kind is not Verbose:
             return HUNG_UP  # the caller is gone: no more media, no more variables
-        if isinstance(step, Answer):
-            return await self._media(await s.command(agi.answer(), s.media_timeout), step)
-        if isinstance(step, Play):
-            return await self._media(await s.command(agi.stream_file(step.prompt), s.media_timeout), step)
-        if isinstance(step, SayDigits):
-            return await self._media(await s.command(agi.say_digits(step.digits), s.media_timeout), step)
-        if isinstance(step, GetDigits):
-            limit = s.media_timeout + step.timeout_ms / 1000
-            reply = await s.command(agi.get_data(step.prompt, step.timeout_ms, step.max_digits), limit)
-            failed = await self._media(reply, step)
-            if failed is not OK:
-                return failed
-            return StepResult(digits=reply.result or "", timed_out=reply.timed_out)
-        if isinstance(step, SetVar):
-            reply = await s.command(agi.set_variable(step.name, step.value))
-            return OK if reply.ok else self._failed(reply, step)
-        if isinstance(step, GetVar):
-            reply = await s.command(agi.get_variable(step.name))
-            if reply.ok and reply.result == "1":
-                return StepResult(value=reply.data or "")
-            return StepResult(value=None)
-        if isinstance(step, Verbose):
-            await s.command(agi.verbose(step.message))
-            return OK
-        if isinstance(step, Hangup):
-            await s.command(agi.hangup())
-            return OK
-        raise TypeError(f"unknown step {step!r}")  # pragma: no cover
+        self._step = step
+        if kind is SetVar:
+            assert isinstance(step, SetVar)
+            self._send(agi.set_variable(step.name, step.value), self.command_timeout, _setvar_reply)
+        elif kind is GetDigits:
+            assert isinstance(step, GetDigits)
+            command = agi.get_data(step.prompt, step.timeout_ms, step.max_digits)
+            self._send(command, self.media_timeout + step.timeout_ms / 1000, _digits_reply)
+        elif kind is Play:
+            assert isinstance(step, Play)
+            self._send(agi.stream_file(step.prompt), self.media_timeout, _media_reply)
+        elif kind is Answer:
+            self._send(agi.answer(), self.media_timeout, _media_reply)
+        elif kind is SayDigits:
+            assert isinstance(step, SayDigits)
+            self._send(agi.say_digits(step.digits), self.media_timeout, _media_reply)
+        elif kind is GetVar:
+            assert isinstance(step, GetVar)
+            self._send(agi.get_variable(step.name), self.command_timeout, _getvar_reply)
+        elif kind is Verbose:
+            assert isinstance(step, Verbose)
+            self._send(agi.verbose(step.message), self.command_timeout, _ok_reply)
+        elif kind is Hangup:
+            self._send(agi.hangup(), self.command_timeout, _ok_reply)
+        else:
+            raise TypeError(f"unknown step {step!r}")
+        return None
 
-    async def _media(self, reply: Reply, step: Step) -> StepResult:
-        if reply.dead_channel:
-            return HUNG_UP
-        if not reply.ok:
-            return self._failed(reply, step)
-        if reply.result == "-1":
-            if not self.session.hung_up:
-                await self.session.command(agi.get_variable(PROBE_VARIABLE))
-            if self.session.hung_up:
-                return HUNG_UP
-            log.warning("agi.step_failed", step=repr(step), reply=reply.text)
-            return StepResult(failed=True)
-        return OK
+    def _send(self, command: Command, limit: float, on_reply: ReplyHandler) -> None:
+        data = self.conn.send(command)
+        self._command = command
+        self._on_reply = on_reply
+        self._limit = limit
+        self.commands_sent += 1
+        self._set_deadline(self._loop.time() + limit)
+        if self._paused:
+            self._held = data
+            return
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
 
-    def _failed(self, reply: Reply, step: Step) -> StepResult:
+    def _probe(self, reply: Reply) -> None:
+        """After a -1: ask something harmless so that a pending HANGUP line shows itself."""
+        self._failed_reply = reply
+        self._send(_PROBE, self.command_timeout, _probe_reply)
+
+    def _refused(self, reply: Reply) -> StepResult:
         log.error(
-            "agi.command_refused", step=repr(step), code=reply.code, reply=reply.text, usage=reply.usage
+            "agi.command_refused",
+            step=repr(self._step),
+            code=reply.code,
+            reply=reply.text,
+            usage=reply.usage,
         )
-        return StepResult(failed=True)
+        return FAILED
+
+    # -- time limits -----------------------------------------------------------------------------
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        if self._deadline > self._timer_at:  # the deadline moved on since the timer was set
+            self._set_deadline(self._deadline)
+            return
+        if self.env is None:
+            self._ctx.run(
+                self._end, Outcome.ENV_TIMEOUT, f"no complete environment within {self.env_timeout} s"
+            )
+            return
+        name = self._command.name if self._command else "?"
+        self._ctx.run(self._end, Outcome.COMMAND_TIMEOUT, f"{name} not answered within {self._limit} s")
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _end(
+        self, outcome: Outcome, error: str, exc: BaseException | None = None, abort: bool = False
+    ) -> None:
+        """End the session once: stop the timer and the flow, report, close our side.
+
+        Closing lets Asterisk continue the dialplan after ``AGI()``; ``abort`` (shutdown
+        deadline) drops the connection without flushing.
+        """
+        if self._done:
+            return
+        self._done = True
+        self._on_reply = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            try:
+                flow.close()
+            except Exception as close_exc:  # a flow that yields in its finally: report, go on
+                exc = exc or close_exc
+        try:
+            self.owner.session_ended(self, outcome, error, exc)
+        finally:
+            transport = self.transport
+            if transport is not None:
+                if abort:
+                    transport.abort()
+                else:
+                    transport.close()
 
 
-async def drive(flow: Flow, channel: AGIChannel) -> Decision:
-    """Run ``flow`` to its end over ``channel``; the flow is closed if the channel fails."""
-    try:
-        step = next(flow)
-        while True:
-            result = await channel.perform(step)
-            step = flow.send(result)
-    except StopIteration as stop:
-        decision: Decision = stop.value
-        return decision
-    finally:
-        flow.close()
+# -- replies into step results -------------------------------------------------------------------
+# Plain functions, not bound methods: stored per command, they cost no allocation.
+
+
+def _media_reply(session: AGISession, reply: Reply) -> StepResult | None:
+    code = reply.code
+    if code == 511:
+        return HUNG_UP  # dead channel
+    if code != 200:
+        return session._refused(reply)
+    if reply.result == "-1":
+        if session.conn.hung_up:
+            return HUNG_UP
+        session._probe(reply)
+        return None
+    return OK
+
+
+def _digits_reply(session: AGISession, reply: Reply) -> StepResult | None:
+    result = _media_reply(session, reply)
+    if result is not OK:
+        return result
+    return StepResult(digits=reply.result or "", timed_out=reply.data == "timeout")
+
+
+def _probe_reply(session: AGISession, reply: Reply) -> StepResult:
+    if session.conn.hung_up:
+        return HUNG_UP
+    failed = session._failed_reply
+    log.warning("agi.step_failed", step=repr(session._step), reply=failed.text if failed else "")
+    return FAILED
+
+
+def _setvar_reply(session: AGISession, reply: Reply) -> StepResult:
+    return OK if reply.code == 200 else session._refused(reply)
+
+
+def _getvar_reply(session: AGISession, reply: Reply) -> StepResult:
+    if reply.code == 200 and reply.result == "1":
+        return StepResult(value=reply.data or "")
+    return StepResult(value=None)
+
+
+def _ok_reply(session: AGISession, reply: Reply) -> StepResult:
+    return OK

@@ -21,14 +21,39 @@ IVR_REASON     why: the menu option's reason, ``fallback_invalid``, ``closed``, 
 IVR_CASE       the case number typed by the caller, or empty (skipped / not asked)
 IVR_LANG       caller's language (``fr``, ``en``); the dialplan may set ``CHANNEL(language)``
 =============  ==============================================================================
+
+With ``IVR_ACTION=callback`` a flow also sets ``IVR_CALLBACK_ID`` (the recorded request,
+empty for an appointment): the dialplan logs it and hangs up, and nothing runs on that
+channel afterwards, so the variable is not part of the always-set list.
+
+**Service requests.** A flow that needs the callback service or the appointment store --
+"is the queue overloaded?", "record this callback", "which slots are free?" -- cannot await
+them: it *yields a request* (:data:`Request`, plain data) and gets the reply
+(:data:`Reply`) sent back, exactly like a channel step. Such a flow is a
+:data:`ServiceFlow`. Who answers: :func:`drive` (an async driver with a channel and a
+performer, for tests and a driver that can await), :func:`run_sync` (scripted answers), or
+:func:`answer_requests`, which turns a service flow into a plain :data:`Flow` for a driver
+that only knows channel steps: it starts each request and keeps the channel busy with a
+harmless :class:`GetVar` until the answer is there. Every request has a *fallback reply*
+(:func:`fallback_reply`) that means "the service could not answer": nothing recorded,
+nothing offered, and the caller goes on to a human.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, TypeVar
 
+from ivr.appointments.requests import (
+    AppointmentReply,
+    AppointmentRequest,
+    BookingResult,
+    BookSlot,
+    FindFreeSlots,
+    FreeSlots,
+)
+from ivr.appointments.slots import Slot
 from ivr.domain.events import CallEvent, Scalar, make_id
 
 __all__ = [
@@ -36,22 +61,44 @@ __all__ = [
     "CONTRACT_VARIABLES",
     "HUNG_UP",
     "OK",
+    "POLL",
+    "REQUEST_TYPES",
     "Answer",
     "CallInfo",
+    "CallbackDetails",
+    "CallbackRecorded",
+    "CallbackReported",
+    "CancelOpen",
+    "Cancelled",
+    "CheckOverflow",
     "Clock",
     "Decision",
     "EventRecorder",
     "EventSink",
+    "FindOpen",
     "Flow",
+    "GetCallback",
     "GetDigits",
     "GetVar",
     "Hangup",
+    "OpenRequests",
+    "OverflowAdvice",
+    "Pending",
     "Play",
+    "Ready",
+    "RecordCallback",
+    "Reply",
+    "ReportCallback",
+    "Request",
     "SayDigits",
+    "ServiceFlow",
     "SetVar",
     "Step",
     "StepResult",
     "Verbose",
+    "answer_requests",
+    "drive",
+    "fallback_reply",
     "prompt_path",
     "refuse",
     "run_sync",
@@ -169,10 +216,15 @@ class Decision:
     reason: str = ""
     case: str = ""
     hung_up: bool = False
+    callback_id: str = ""
 
     def variables(self) -> dict[str, str]:
-        """The channel variables of the dialplan contract, in a fixed order."""
-        return {
+        """The channel variables of the dialplan contract, in a fixed order.
+
+        ``IVR_CALLBACK_ID`` comes last, and only with ``IVR_ACTION=callback`` (see the
+        module docstring).
+        """
+        out = {
             "IVR_ACTION": self.action,
             "IVR_QUEUE": self.queue,
             "IVR_PRIO": "" if self.priority is None else str(self.priority),
@@ -182,9 +234,223 @@ class Decision:
             "IVR_CASE": self.case,
             "IVR_LANG": self.lang,
         }
+        if self.action == "callback":
+            out["IVR_CALLBACK_ID"] = self.callback_id
+        return out
 
 
 Flow = Generator[Step, StepResult, Decision]
+
+
+# -- service requests and their replies -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOverflow:
+    """Should a caller of ``queue`` be offered a callback (or an appointment) instead of waiting?
+
+    ``waited``: the caller ``call`` has been in the queue, so its join time (the driver
+    knows it from the live state) is its place; otherwise it is about to join.
+    """
+
+    queue: str
+    call: str
+    waited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OverflowAdvice:
+    """``offer``: ``none`` (wait), ``callback`` or ``appointment``; with the reasons and, when the
+    live state is known, the caller's place in the merged line and the estimated wait."""
+
+    offer: Literal["none", "callback", "appointment"]
+    reasons: tuple[str, ...] = ()
+    position: int | None = None
+    estimated_wait_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FindOpen:
+    """The open callback request of ``number`` and its open booking at ``service``, if any."""
+
+    number: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequests:
+    """Answer to :class:`FindOpen`: ids are empty when there is none.
+
+    ``callback_status`` is ``pending`` (it may be cancelled) or ``dialing`` (being placed).
+    """
+
+    callback_id: str = ""
+    callback_status: str = ""
+    booking_id: str = ""
+    booking_slot: Slot | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOpen:
+    """Cancel the caller's own callback request and/or booking (they rang again to do so)."""
+
+    callback_id: str = ""
+    booking_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Answer to :class:`CancelOpen`: for each, ``cancelled`` or why not (``missing``,
+    ``dialing``, ``closed``, ``unavailable``); empty when not asked."""
+
+    callback: str = ""
+    booking: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallback:
+    """Record a callback of ``number`` for ``queue`` (see ``CallbackService.request``).
+
+    ``waited``: the caller ``call`` has been in the queue; the request keeps that join time.
+    """
+
+    call: str
+    number: str
+    queue: str
+    service: str
+    case: str = ""
+    lang: str = ""
+    waited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRecorded:
+    """Answer to :class:`RecordCallback` (``status`` as ``RequestOutcome.status``)."""
+
+    ok: bool
+    status: str
+    reason: str = ""
+    callback_id: str = ""
+    number: str = ""
+    position: int | None = None
+    estimated_wait_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetCallback:
+    """A callback request by id (the ``callback-greet`` script)."""
+
+    callback_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackDetails:
+    """Answer to :class:`GetCallback`; ``found`` False when unknown (or the service is away)."""
+
+    found: bool
+    status: str = ""
+    service: str = ""
+    queue: str = ""
+    case: str = ""
+    language: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCallback:
+    """The ``callback-result`` script's report: the customer leg's DIALSTATUS for a dial."""
+
+    callback_id: str
+    status: str
+    dial: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackReported:
+    """Answer to :class:`ReportCallback`: whether the outcome changed the request."""
+
+    changed: bool
+    status: str = ""
+    reason: str = ""
+
+
+Request = (
+    CheckOverflow | FindOpen | CancelOpen | RecordCallback | GetCallback | ReportCallback | AppointmentRequest
+)
+Reply = (
+    OverflowAdvice
+    | OpenRequests
+    | Cancelled
+    | CallbackRecorded
+    | CallbackDetails
+    | CallbackReported
+    | AppointmentReply
+)
+#: The request types, for ``isinstance`` (a step is any other yielded value).
+REQUEST_TYPES: Final = (
+    CheckOverflow,
+    FindOpen,
+    CancelOpen,
+    RecordCallback,
+    GetCallback,
+    ReportCallback,
+    FindFreeSlots,
+    BookSlot,
+)
+
+#: A flow that also yields service requests (see the module docstring).
+ServiceFlow = Generator[Step | Request, StepResult | Reply, Decision]
+
+
+def fallback_reply(request: Request, reason: str = "unavailable") -> Reply:
+    """What a request gets when the service cannot answer: the answer that promises nothing.
+
+    No overflow advice (the caller waits), no open request, nothing cancelled or recorded,
+    no free slot, no booking -- so the flow carries on towards a human, and never tells a
+    caller that something was done when it was not.
+    """
+    if isinstance(request, CheckOverflow):
+        return OverflowAdvice("none", ())
+    if isinstance(request, FindOpen):
+        return OpenRequests()
+    if isinstance(request, CancelOpen):
+        return Cancelled(
+            "unavailable" if request.callback_id else "", "unavailable" if request.booking_id else ""
+        )
+    if isinstance(request, RecordCallback):
+        return CallbackRecorded(False, "refused", reason)
+    if isinstance(request, GetCallback):
+        return CallbackDetails(False)
+    if isinstance(request, ReportCallback):
+        return CallbackReported(False, "", reason)
+    if isinstance(request, FindFreeSlots):
+        return FreeSlots(())
+    return BookingResult("refused", reason=reason)
+
+
+class Pending(Protocol):
+    """A request being answered (an :class:`asyncio.Future` is one)."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> Reply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A request answered at once (no waiting needed)."""
+
+    reply: Reply
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> Reply:
+        return self.reply
+
+
+#: What :func:`answer_requests` sends while a request is being answered: answered at once
+#: by Asterisk, even on a dead channel, and without effect.
+POLL: Final = GetVar("IVR_ACTION")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +518,16 @@ def refuse(reason: str, message: str) -> Flow:
     return Decision(action="hangup", service="", lang="", reason=reason)
 
 
-def run_sync(flow: Flow, respond: Callable[[Step], StepResult]) -> tuple[Decision, list[Step]]:
-    """Drive a flow to its end with a synchronous responder; returns the decision and the steps."""
-    steps: list[Step] = []
+_Y = TypeVar("_Y")
+_S = TypeVar("_S")
+
+
+def run_sync(flow: Generator[_Y, _S, Decision], respond: Callable[[_Y], _S]) -> tuple[Decision, list[_Y]]:
+    """Drive a flow to its end with a synchronous responder; returns the decision and the steps.
+
+    For a :data:`ServiceFlow` the responder answers the requests too.
+    """
+    steps: list[_Y] = []
     try:
         step = next(flow)
         while True:
@@ -263,3 +536,79 @@ def run_sync(flow: Flow, respond: Callable[[Step], StepResult]) -> tuple[Decisio
     except StopIteration as stop:
         decision: Decision = stop.value
         return decision, steps
+
+
+async def drive(
+    flow: ServiceFlow,
+    perform_step: Callable[[Step], Awaitable[StepResult]],
+    perform_request: Callable[[Request], Awaitable[Reply]],
+) -> Decision:
+    """Run a service flow to its end: steps on the channel, requests by the performer.
+
+    The flow is closed if either raises.
+    """
+    try:
+        out = next(flow)
+        while True:
+            answer: StepResult | Reply
+            if isinstance(out, REQUEST_TYPES):
+                answer = await perform_request(out)
+            else:
+                answer = await perform_step(out)
+            out = flow.send(answer)
+    except StopIteration as stop:
+        decision: Decision = stop.value
+        return decision
+    finally:
+        flow.close()
+
+
+def answer_requests(
+    flow: ServiceFlow,
+    start: Callable[[Request], Pending],
+    *,
+    clock: Clock,
+    timeout_s: float = 10.0,
+    poll: Step = POLL,
+) -> Flow:
+    """A plain :data:`Flow` (channel steps only) that answers ``flow``'s requests itself.
+
+    ``start(request)`` begins answering (a future, or :class:`Ready`); until it is done the
+    channel gets ``poll`` steps, whose results are ignored -- a caller hanging up meanwhile
+    does not cancel a request the flow already made (a callback confirmed just before the
+    hangup still stands), and the flow learns of the hangup at its next step. A request not
+    answered within ``timeout_s`` (``clock``: a monotonic clock) or whose answer raised gets
+    its :func:`fallback_reply`. This is the adapter for a driver that can only send channel
+    commands; a driver that can await calls :func:`drive` instead.
+    """
+    try:
+        out = next(flow)
+        while True:
+            if isinstance(out, REQUEST_TYPES):
+                answer: StepResult | Reply = yield from _await_reply(out, start, clock, timeout_s, poll)
+            else:
+                answer = yield out
+            out = flow.send(answer)
+    except StopIteration as stop:
+        decision: Decision = stop.value
+        return decision
+    finally:
+        flow.close()
+
+
+def _await_reply(
+    request: Request, start: Callable[[Request], Pending], clock: Clock, timeout_s: float, poll: Step
+) -> Generator[Step, StepResult, Reply]:
+    try:
+        pending = start(request)
+    except Exception:
+        return fallback_reply(request, "error")
+    deadline = clock() + timeout_s
+    while not pending.done():
+        if clock() >= deadline:
+            return fallback_reply(request, "timeout")
+        yield poll
+    try:
+        return pending.result()
+    except BaseException:  # a failed or cancelled answer: the flow goes on without it
+        return fallback_reply(request, "error")

@@ -4,6 +4,13 @@ The dialplan names a script in the AGI URL (``agi://host/ivr?service=caf``,
 ``agi://host/after-queue``); the server looks the script name up here and runs the flow
 it gets. Keeping the table a plain mapping lets a deployment or a test add a script
 without touching the server.
+
+Two tables: :func:`service_flows` gives the flows as *service flows* (they yield callback
+and appointment requests, see ``ivr.domain.ivr_ops``) for a driver that answers them -- the
+controller; :func:`default_flows` gives plain flows for a driver that knows channel steps
+only, and runs them without the service: no callback is offered (a callback option
+queues the caller), ``callback-greet`` queues the customer, ``callback-result`` records
+nothing (the dispatcher's AMI view settles the dial).
 """
 
 from __future__ import annotations
@@ -11,28 +18,65 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from ivr.callbacks.numbering import NumberPolicy
 from ivr.config import Config
-from ivr.domain.ivr_flow import IvrFlow
-from ivr.domain.ivr_ops import CallInfo, Clock, EventSink, Flow, refuse
-from ivr.domain.post_queue import after_queue, exit_key, survey
+from ivr.domain.ivr_flow import CallbackSettings, IvrFlow
+from ivr.domain.ivr_ops import (
+    CallInfo,
+    Clock,
+    EventSink,
+    Flow,
+    Ready,
+    Request,
+    ServiceFlow,
+    answer_requests,
+    fallback_reply,
+    refuse,
+)
+from ivr.domain.post_queue import after_queue, callback_greet, callback_result, exit_key, survey
 
-__all__ = ["SCRIPTS", "FlowFactory", "default_flows"]
+__all__ = [
+    "SCRIPTS",
+    "FlowFactory",
+    "ServiceFlowFactory",
+    "callback_settings",
+    "default_flows",
+    "service_flows",
+]
 
 #: ``(call, clock, sink) -> flow``
 FlowFactory = Callable[[CallInfo, Clock, EventSink], Flow]
+#: ``(call, clock, sink) -> service flow``
+ServiceFlowFactory = Callable[[CallInfo, Clock, EventSink], ServiceFlow]
 
-SCRIPTS: Final = ("ivr", "after-queue", "exit-key", "survey")
+SCRIPTS: Final = ("ivr", "after-queue", "exit-key", "survey", "callback-greet", "callback-result")
 
 
-def default_flows(config: Config) -> dict[str, FlowFactory]:
-    """The four scripts of the shipped dialplan, bound to ``config``."""
+def callback_settings(config: Config) -> CallbackSettings:
+    """The offer's settings for ``config``: position and wait announced for the queues that
+    offer callbacks (the configuration has no keys of its own for them yet)."""
+    return CallbackSettings(
+        announce_queues=frozenset(name for name, q in config.queues.items() if q.offer_callback)
+    )
 
-    def ivr(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+
+def service_flows(
+    config: Config, *, services: bool = True, settings: CallbackSettings | None = None
+) -> dict[str, ServiceFlowFactory]:
+    """The scripts of the shipped dialplan, bound to ``config``.
+
+    ``services``: the driver answers requests, so the IVR may offer callbacks (when
+    ``[callbacks] enabled``); False makes the flows behave as if there were no service.
+    """
+    offer = settings or callback_settings(config)
+    policy = NumberPolicy.from_config(config.callbacks)
+
+    def ivr(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
         name = call.query.get("service") or (call.args[0] if call.args else "")
         service = config.services.get(name)
         if service is None:
             known = ", ".join(sorted(config.services))
-            return refuse("unknown_service", f"decroche: unknown IVR service {name!r} (known: {known})")
+            return _refuse("unknown_service", f"decroche: unknown IVR service {name!r} (known: {known})")
         flow = IvrFlow(
             service,
             config.queues,
@@ -41,22 +85,54 @@ def default_flows(config: Config) -> dict[str, FlowFactory]:
             sink=sink,
             lang=call.query.get("lang"),
             callbacks=config.callbacks.enabled,
+            services=services,
+            policy=policy,
+            settings=offer,
         )
         return flow.run()
 
-    def after(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
-        return after_queue(config, call, clock=clock, sink=sink)
+    def after(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        return after_queue(config, call, clock=clock, sink=sink, services=services, settings=offer)
 
-    def exit_(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
-        return exit_key(config, call, clock=clock, sink=sink)
+    def exit_(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        return exit_key(config, call, clock=clock, sink=sink, services=services, settings=offer)
 
-    def survey_(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+    def survey_(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
         return survey(config, call, clock=clock, sink=sink)
 
-    table: Mapping[str, FlowFactory] = {
+    def greet(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        return callback_greet(config, call, clock=clock, sink=sink, settings=offer)
+
+    def result(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        return callback_result(config, call, clock=clock, sink=sink)
+
+    table: Mapping[str, ServiceFlowFactory] = {
         "ivr": ivr,
         "after-queue": after,
         "exit-key": exit_,
         "survey": survey_,
+        "callback-greet": greet,
+        "callback-result": result,
     }
     return dict(table)
+
+
+def _refuse(reason: str, message: str) -> ServiceFlow:
+    return (yield from refuse(reason, message))
+
+
+def _unanswered(request: Request) -> Ready:
+    return Ready(fallback_reply(request, "no_service"))
+
+
+def _no_service(factory: ServiceFlowFactory) -> FlowFactory:
+    def plain(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+        flow = factory(call, clock, sink)
+        return answer_requests(flow, _unanswered, clock=clock)
+
+    return plain
+
+
+def default_flows(config: Config) -> dict[str, FlowFactory]:
+    """The shipped scripts as plain flows, without the callback service (see the module docstring)."""
+    return {name: _no_service(f) for name, f in service_flows(config, services=False).items()}

@@ -28,6 +28,7 @@ send commands); :class:`AGIClientConnection` is Asterisk's side, used by the sim
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -222,7 +223,12 @@ class Command:
         if args:
             if len(args) + words > AGI_MAX_ARGS - 1:
                 raise LocalProtocolError(f"AGI command {name!r} has more than {AGI_MAX_ARGS - 1} words")
-            line = name + " " + " ".join(map(_quote, args)) + "\n"
+            # Most arguments need no quoting: one search over them all instead of one per argument
+            # (a special character in any argument shows in their concatenation).
+            if "" in args or _NEEDS_QUOTES.search("".join(args)):
+                line = name + " " + " ".join(map(_quote, args)) + "\n"
+            else:
+                line = name + " " + " ".join(args) + "\n"
         else:
             line = name + "\n"
         try:
@@ -258,6 +264,7 @@ class UnknownCommand:
 
 
 _PLAIN_ARG: Final = re.compile(r'[^ \t"\\\r\n\0]+')
+_NEEDS_QUOTES: Final = re.compile(r'[ \t"\\\r\n\0]')
 
 
 def _quote(arg: str) -> str:
@@ -271,8 +278,12 @@ def _quote(arg: str) -> str:
 # -- command builders ----------------------------------------------------------------------
 
 
+_DTMF_DIGITS: Final = re.compile(r"[0-9*#]*")
+_BAD_VARIABLE_NAME: Final = re.compile(r'[ \t"\\=]')
+
+
 def _digits_arg(escape_digits: str) -> str:
-    if any(c not in "0123456789*#" for c in escape_digits):
+    if escape_digits and not _DTMF_DIGITS.fullmatch(escape_digits):
         raise LocalProtocolError(f"escape digits must be DTMF digits, got {escape_digits!r}")
     return escape_digits
 
@@ -358,7 +369,7 @@ def say_datetime(
 
 
 def set_variable(name: str, value: str) -> Command:
-    if not name or any(c in name for c in ' \t"\\='):
+    if not name or _BAD_VARIABLE_NAME.search(name):
         raise LocalProtocolError(f"invalid channel variable name {name!r}")
     return Command("SET VARIABLE", (name, value))
 
@@ -402,6 +413,14 @@ KNOWN_COMMANDS: Final[tuple[tuple[str, ...], ...]] = tuple(
 )
 
 
+#: KNOWN_COMMANDS, each with its name as one string (the command's ``name``).
+_JOINED_NAMES: Final[dict[tuple[str, ...], str]] = {name: " ".join(name) for name in KNOWN_COMMANDS}
+_LONGEST_NAME: Final = max(len(name) for name in KNOWN_COMMANDS)
+
+_PLAIN_WORD: Final = re.compile(r"[^ \t]++")
+_QUOTED_WORD: Final = re.compile(r'(?:[^ \t"]++|"[^"]*+"?)++')
+
+
 def split_args(line: str) -> list[str]:
     """Split a command line into words exactly as ``parse_args()`` in ``res/res_agi.c`` does.
 
@@ -411,6 +430,22 @@ def split_args(line: str) -> list[str]:
     after the 127th are dropped unless they open with a quote, for which Asterisk forgets
     the check (and writes past its ``argv``); :meth:`Command.encode` never sends that many.
     """
+    if "\\" not in line and "\0" not in line:
+        # Fast path: without backslashes a quote only groups, so a word is a run of
+        # unquoted characters and quoted parts, and its text is that run without quotes.
+        # Up to 127 words nothing is truncated, and the C code's reading is the same.
+        fast = (
+            [w.replace('"', "") for w in _QUOTED_WORD.findall(line)]
+            if '"' in line
+            else _PLAIN_WORD.findall(line)
+        )
+        if len(fast) < AGI_MAX_ARGS:
+            return fast
+    return _parse_args(line)
+
+
+def _parse_args(line: str) -> list[str]:
+    """:func:`split_args` the long way: ``parse_args()``'s state machine, character by character."""
     words: list[list[str]] = []
     quoted = escaped = False
     whitespace = True  # between words: the next literal character starts a word
@@ -444,12 +479,29 @@ def parse_command(line: str) -> Command | UnknownCommand:
     word, so ``ANSWER\\r`` names no command and Asterisk answers 510.
     """
     line = line.removesuffix("\n")
+    if len(line) <= _CACHED_LINE_MAX:
+        return _parse_command_cached(line)
+    return _parse_command(line)
+
+
+#: A server sends the same few lines over and over (prompts, variable names); the results are
+#: immutable, so short lines are parsed once. Long ones (an 8 KiB VERBOSE) are not kept.
+_CACHED_LINE_MAX: Final = 200
+
+
+def _parse_command(line: str) -> Command | UnknownCommand:
     words = split_args(line)
-    upper = [w.upper() if w.isascii() else w for w in words]  # strcasecmp folds ASCII only
-    for name in KNOWN_COMMANDS:
-        if tuple(upper[: len(name)]) == name:
-            return Command(" ".join(name), tuple(words[len(name) :]))
+    if words:
+        # strcasecmp folds ASCII only
+        upper = [w.upper() if w.isascii() else w for w in words[:_LONGEST_NAME]]
+        for n in range(len(upper), 0, -1):  # the longest name wins, as in KNOWN_COMMANDS' order
+            joined = _JOINED_NAMES.get(tuple(upper[:n]))
+            if joined is not None:
+                return Command(joined, tuple(words[n:]))
     return UnknownCommand(line, tuple(words))
+
+
+_parse_command_cached: Final = functools.lru_cache(maxsize=1024)(_parse_command)
 
 
 def encode_reply(
@@ -470,7 +522,7 @@ def encode_reply(
     """
     if code == 200:
         res = "" if result is None else str(result)
-        if any(c.isspace() or c == "\0" for c in res):
+        if _NOT_ONE_WORD.search(res):
             raise LocalProtocolError(f"AGI result must be one word, got {res!r}")
         parts = [f"200 result={res}"]
         if data is not None:
@@ -496,6 +548,9 @@ def encode_reply(
     else:
         raise LocalProtocolError(f"unsupported AGI reply code {code}")
     return _utf8(text)
+
+
+_NOT_ONE_WORD: Final = re.compile(r"[\s\0]")  # \s is str.isspace()'s set (Py_UNICODE_ISSPACE)
 
 
 def _check_reply_text(text: str) -> None:
@@ -555,6 +610,25 @@ class _LineReader:
     @property
     def buffered(self) -> bytes:
         return bytes(self._buf)
+
+    def peek_block(self) -> tuple[str, int] | None:
+        """The lines up to the first empty one, decoded, and the bytes they take with it.
+
+        Only when they are all buffered, hold no CR and fit in ``max_line`` bytes all
+        together (so no line can be over-long); None otherwise. Nothing is consumed:
+        :meth:`skip` does that once the caller has accepted the text.
+        """
+        buf = self._buf
+        if self._overlong or buf[:1] == b"\n":
+            return None
+        end = buf.find(b"\n\n")
+        if end < 0 or end + 1 > self.max_line or buf.find(b"\r", 0, end) >= 0:
+            return None
+        return buf[: end + 1].decode("utf-8", "replace"), end + 2
+
+    def skip(self, size: int) -> None:
+        del self._buf[:size]
+        self._scanned = 0
 
     def line(self) -> str | None:
         """The next complete line, or None. Raises for an over-long line (then skips it)."""
@@ -699,6 +773,18 @@ class AGIServerConnection:
     Trying...`` is skipped: the reply follows it.
     """
 
+    __slots__ = (
+        "_env",
+        "_lines",
+        "_max_env_lines",
+        "_max_usage_lines",
+        "_usage",
+        "environment",
+        "hung_up",
+        "pending",
+        "state",
+    )
+
     def __init__(
         self,
         *,
@@ -740,12 +826,36 @@ class AGIServerConnection:
         if self.state is not ServerState.IDLE:
             raise LocalProtocolError(f"cannot send {command.name} in state {self.state.value}")
         data = command.encode()
-        self._move("send")
+        self.state = ServerState.AWAITING_REPLY  # _SERVER_TRANSITIONS[IDLE, "send"]
         self.pending = command
         return data
 
     def next_event(self) -> AGIEnvironment | Reply | HangupNotice | _Sentinel:
         """The next event, ``NEED_DATA`` or ``CLOSED``."""
+        # Fast paths for what nearly every session is made of: a ``200 result=`` reply to the
+        # outstanding command, and a whole environment block arriving in one segment. Anything
+        # else, or anything they do not vouch for, takes the general path below.
+        state = self.state
+        if state is ServerState.AWAITING_REPLY:
+            line = self._lines.line()
+            if line is None:
+                if not self._lines.eof:
+                    return NEED_DATA
+            else:
+                if line.startswith("200 result="):
+                    self.state = ServerState.IDLE  # _SERVER_TRANSITIONS[AWAITING_REPLY, "reply"]
+                    self.pending = None
+                    return _parse_200(line)
+                event = self._reply(line)
+                if event is not None:
+                    return event
+        elif state is ServerState.ENVIRONMENT and not self._env:
+            env = self._environment_block()
+            if env is not None:
+                return env
+        return self._next_event()
+
+    def _next_event(self) -> AGIEnvironment | Reply | HangupNotice | _Sentinel:
         lines = self._lines
         while True:
             if self.state is ServerState.CLOSED:
@@ -801,6 +911,28 @@ class AGIServerConnection:
             self.hung_up = True
         return reply
 
+    def _environment_block(self) -> AGIEnvironment | None:
+        """The environment read in one go when all of it is buffered and every line is plain
+        (``agi_name: value``); None leaves the bytes to the line-by-line path, which also
+        reports what is wrong with them. A line is split at its first ``": "``, as there."""
+        found = self._lines.peek_block()
+        if found is None:
+            return None
+        text, size = found
+        lines = text[:-1].split("\n")
+        if len(lines) > self._max_env_lines or not (
+            text.startswith("agi_") and text.count("\nagi_") == len(lines) - 1  # every line
+        ):
+            return None
+        try:
+            variables = dict([line.split(": ", 1) for line in lines])
+        except ValueError:  # a line without ": "
+            return None
+        self._lines.skip(size)
+        self.environment = AGIEnvironment(variables)
+        self._move("env_end")
+        return self.environment
+
     def _other(self, line: str) -> AGIEnvironment | Reply | HangupNotice | None:
         state = self.state
         if state is ServerState.ENVIRONMENT:
@@ -845,6 +977,8 @@ class AGIClientConnection:
     Asterisk would read the rest of a longer line as a second command; here it is
     refused with :class:`RemoteProtocolError`.
     """
+
+    __slots__ = ("_lines", "awaiting_reply", "closed", "started")
 
     def __init__(self, *, max_line: int = AGI_BUF_LEN - 2) -> None:
         self._lines = _LineReader(max_line, keep_cr=True)

@@ -1395,6 +1395,11 @@ async def _try_calling(ctx: _Ctx) -> int | str:
         AGENT,
     )
     member.starttime = now
+    # Bridging answers a caller still unanswered (main/features.c, pre_bridge_setup: "Answer if
+    # need be", ast_raw_answer). A Local ;2 queued by an Originate -- the agent-first callback
+    # leg of dp-callback.conf [callback-queue] -- is answered only here, and that answers its
+    # ;1: the Originate succeeds and the ;1 goes on to [callback-dial].
+    sim.answer(caller)
     return await _bridge_call(ctx, att, peer, callcompletedinsl)
 
 

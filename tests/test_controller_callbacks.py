@@ -1,0 +1,250 @@
+"""The callback feature end to end: simulated PBX (shipped dialplan) + controller + real Redis.
+
+A caller of the CAF line asks for a callback in the IVR (menu option 4, the number it
+calls from, confirmed); the controller records it, its dispatcher dials it agent-first
+through ``Local/caf@callback-queue`` (the simulated app_queue answers that leg when the
+agent connects, as Asterisk does), the customer answers, and the KPI counts the call as
+handled by an agent, through the callback. The controller's other callback wiring is
+checked here too: the supervisors' HTTP routes, the due appointments, and every event
+going to the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ivr.appointments.requests import BookSlot
+from ivr.appointments.slots import slots_for
+from ivr.callbacks.dispatcher import DispatchSettings
+from ivr.config import Config, default_config
+from ivr.controller import APPOINTMENT_GRACE_S, Controller, Endpoints
+from ivr.demo import _sim_config, start_of_demo_day
+from ivr.domain.events import CallEvent
+from ivr.domain.kpi import KpiAccumulator, report_document
+from ivr.sim.engine import OriginateRequest
+from ivr.sim.run import RunningSim, start_sim
+from ivr.storage.reader import read_range
+from ivr.storage.writer import make_client
+
+SPEED = 40.0
+CUSTOMER = "0612345678"
+
+
+def dispatch_settings() -> DispatchSettings:
+    """Real-time intervals scaled down for a simulation at x40."""
+    return DispatchSettings(
+        poll_interval_s=0.1, check_interval_s=2.0, outcome_grace_s=5.0, sweep_interval_s=5.0, lease_s=5.0
+    )
+
+
+@dataclass
+class Rig:
+    running: RunningSim
+    controller: Controller
+    redis_url: str
+
+    @property
+    def sim(self) -> Any:
+        return self.running.sim
+
+
+async def start_rig(
+    redis_url: str,
+    tmp_path: Path,
+    *,
+    config: Config | None = None,
+    profile: str = "normal",
+    web: bool = False,
+) -> Rig:
+    cfg = _sim_config(profile)
+    cfg.queue_log = str(tmp_path / "queue_log")
+    config = config or default_config()
+    running = await start_sim(
+        cfg,
+        seed=11,
+        speed=SPEED,
+        ami_port=0,
+        username=config.ami.username,
+        secret="cb-secret",
+        traffic=False,
+        start_epoch=start_of_demo_day(time.time()),
+    )
+    assert running.ami is not None
+    controller = Controller(
+        config,
+        Endpoints(
+            ami_port=running.ami.port,
+            ami_secret="cb-secret",
+            agi_port=0,
+            web_port=0,
+            redis_url=redis_url,
+            spool_path=str(tmp_path / "spool.jsonl"),
+        ),
+        clock=running.sim.now,
+        web=web,
+        dispatch=dispatch_settings(),
+        appointment_poll_s=0.1,
+        callback_grace_s=2.0,
+    )
+    await controller.start()
+    await asyncio.wait_for(controller.ami.wait_connected(), 10)
+    running.sim.globals["IVR_AGI_HOST"] = "127.0.0.1"
+    running.sim.globals["IVR_AGI_PORT"] = str(controller.agi.port)
+    return Rig(running, controller, redis_url)
+
+
+@pytest.fixture
+async def rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    r = await start_rig(redis_url, tmp_path, web=True)
+    try:
+        yield r
+    finally:
+        await r.controller.stop()
+        await r.running.stop()
+
+
+def caller(digits: str, number: str = CUSTOMER, line: str = "0199000001") -> OriginateRequest:
+    """A call from the trunk, placed as the traffic generator places it (survey: no answer)."""
+    return OriginateRequest(
+        f"Local/{line}@from-trunk",
+        context="sim-callers",
+        exten="caller",
+        cid_num=number,
+        cid_name="Client",
+        variables=[("WAIT1", "6.5"), ("DIGITS", digits), ("PATIENCE", "900"), ("SURVEY", "")],
+        action_id=f"call-{number}",
+    )
+
+
+async def stored(redis_url: str) -> list[CallEvent]:
+    client = make_client(redis_url)
+    try:
+        return [e async for e in read_range(client)]
+    finally:
+        await client.aclose()
+
+
+async def wait_for(predicate: Callable[[], Any], limit_s: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# The caller keys 4 (callback) in the main menu, # (no case number), 1 (this number) while the
+# options are read, then 1 to confirm once its number has been read back (1.8 s + 10 digits).
+ASK_CALLBACK = "4WW#WW1" + "W" * 11 + "1"
+
+
+async def test_a_callback_requested_in_the_ivr_is_dialled_connected_and_counted(rig: Rig) -> None:
+    controller = rig.controller
+    seen: list[CallEvent] = []
+    original_observe = controller.callbacks.observe if controller.callbacks else None
+    assert original_observe is not None
+
+    def observe(event: CallEvent) -> None:
+        seen.append(event)
+        original_observe(event)
+
+    controller.callbacks.observe = observe  # type: ignore[union-attr,method-assign]
+    rig.sim.originate(caller(ASK_CALLBACK))
+
+    def connected() -> bool:
+        return any(e.type == "callback.connected" for e in seen)
+
+    await wait_for(connected, 60, "callback.connected")
+    # the supervisors' API lists it among the closed ones, number masked
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{controller.web_port}/api/callbacks"
+        async with http.get(url, params={"status": "closed"}) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        async with http.post(f"{url}/cbnosuchid/cancel") as resp:
+            assert resp.status == 404
+    (item,) = body["callbacks"]
+    assert item["status"] == "completed" and item["number"] == ""  # closed: the number is gone
+    await rig.sim.idle(real_seconds=30)
+    await asyncio.sleep(0.5)
+    await controller.stop()
+
+    events = await stored(rig.redis_url)
+    requested = [e for e in events if e.type == "callback.requested"]
+    assert len(requested) == 1
+    call = requested[0].call
+    mine = [e for e in events if e.call == call]
+    types = [e.type for e in sorted(mine, key=lambda e: e.ts)]
+    assert types.count("callback.dialing") == 1 and types.count("callback.connected") == 1
+    assert "callback.offered" in types and "queue.join" not in types  # never queued: called back
+    ivr_end = next(e for e in mine if e.type == "ivr.end")
+    assert ivr_end.data["action"] == "callback"
+    # the leg placed by the dispatcher is not an inbound call
+    legs = {e.call for e in events if e.type == "call.start" and e.data.get("kind") == "callback"}
+    assert legs and call not in legs
+    # every event the controller emitted went to the service too (recent handle times)
+    assert {e.id for e in events} <= {e.id for e in seen}
+
+    acc = KpiAccumulator(controller.kpi_settings)
+    for e in events:
+        acc.add(e)
+    overall = report_document(acc.report(None, None))["kpi"]["overall"]
+    assert overall["asked_for_agent"] == 1
+    assert overall["handled_by_agent"] == 1
+    assert overall["handled_by_callback"] == 1
+    assert overall["handled_immediately"] == 0
+    assert overall["callbacks"]["completed"] == 1 and overall["callbacks"]["offered"] == 1
+    assert overall["pickup_rate"] == 1.0
+
+
+async def test_due_appointments_become_callbacks_in_line_at_the_slot_time(
+    redis_url: str, redis_client: Any
+) -> None:
+    base = default_config()
+    caf = base.services["caf"]
+    appointments = replace(caf.appointments, enabled=True, queue="caf")
+    config = replace(base, services={**base.services, "caf": replace(caf, appointments=appointments)})
+    now = [start_of_demo_day(time.time())]
+    controller = Controller(config, Endpoints(redis_url=redis_url), clock=lambda: now[0], web=False)
+    controller.build_callbacks(redis_client)
+    store, booked = controller.callback_store, controller.appointments
+    assert store is not None and booked is not None
+    first, second = list(slots_for(appointments, caf.hours, now[0]))[:2]
+    on_time = await booked.book(
+        BookSlot("caf", first, 2, "0698765432", "call-7.1", "caf", now[0], case="12345678")
+    )
+    late = await booked.book(BookSlot("caf", second, 2, "0611111111", "call-8.1", "caf", now[0]))
+    assert on_time.booking is not None and late.booking is not None
+
+    assert await controller.dispatch_due_appointments() == 0  # not yet
+    assert await store.open_requests() == []
+
+    now[0] = first.start + 60
+    assert await controller.dispatch_due_appointments() == 1
+    (req,) = await store.open_requests()
+    assert req.call == "call-7.1" and req.number == "0698765432" and req.case == "12345678"
+    assert req.join_ts == first.start  # its place in line: the slot's start
+    assert (req.queue, req.service, req.window_start) == ("caf", "caf", first.start)
+    done = await booked.get(on_time.booking.id)
+    assert done is not None and done.status == "dispatched" and done.number == ""
+    assert await controller.dispatch_due_appointments() == 0  # once only
+
+    # a controller that was down past the slot (and its grace): closed, never called
+    now[0] = second.end + APPOINTMENT_GRACE_S + 1
+    assert await controller.dispatch_due_appointments() == 0
+    expired = await booked.get(late.booking.id)
+    assert expired is not None and expired.status == "expired"
+    assert [r.call for r in await store.open_requests()] == ["call-7.1"]
