@@ -460,7 +460,7 @@ async def drive_with_store(
 ) -> R:
     """Run a flow that yields channel steps *and* appointment requests to its end.
 
-    Steps go to ``perform_step`` (``AGIChannel.perform`` in the FastAGI server), requests
+    Steps go to ``perform_step`` (whatever answers channel steps: a scripted caller in tests), requests
     to the store. The flow is closed if either fails.
     """
     try:
