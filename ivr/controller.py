@@ -609,6 +609,7 @@ class Controller:
                         "status": m.status_name,
                         "paused": m.paused,
                         "in_call": m.in_call,
+                        "ringing": m.ringing,
                         "calls_taken": m.calls_taken,
                     }
                     for m in members
