@@ -5,17 +5,28 @@ of ``dialplans/``, the queues of ``asterisk-conf/queues.conf``) at ``speed=inf``
 concurrent calls: Poisson callers on the four public numbers, 200 agents shared by the
 service queues. An AMI client is logged in with every event on and reads the socket, so
 each event is really encoded and sent; it counts the events it receives, which must equal
-what the AMI server delivered. Everything runs in this one process (one core): the
-figures include the AMI encoding, the socket writes and the client's reads.
+what the AMI server delivered (``events_received`` == ``events_delivered``).
+
+How it measures (``--reader``):
+
+* ``process`` (default): the AMI client runs in a child process, as the controller does
+  beside a real simulator. ``calls_per_s`` and ``events_per_s`` divide by the CPU time
+  (user + system, ``time.process_time``) of the simulator's process alone, from the first
+  call to the last event written: the engine, the AMI filtering, encoding and socket writes
+  (the kernel's loopback sends are system time of this process), on one core -- the
+  simulator is one asyncio thread. The client's own CPU is reported apart
+  (``reader_cpu_s``), and ``calls_per_s_with_reader`` divides by both.
+* ``same``: the client reads in the simulator's process and event loop; the figures then
+  include the client's reads too (the stricter, older measure).
 
 AMI user (``--filters``):
 
 * ``ivr`` (default): the AMI server applies the ``eventfilter`` lines of the shipped
   ``asterisk-conf/manager.conf`` for the ``ivr`` user, as Asterisk does (Newexten,
   DeviceStateChange, NewCallerid, NewConnectedLine, LocalBridge, MusicOnHold and most
-  VarSet never reach the controller). ``events_per_s`` counts the events the client
-  receives; ``events_emitted`` (``events_emitted_per_s``) what the engine raised,
-  filtered or not.
+  VarSet never reach the controller; the simulator does not even build them).
+  ``events_per_s`` counts the events the client receives; ``events_emitted``
+  (``events_emitted_per_s``) what the engine raised, filtered or not.
 * ``none``: no filter, the whole stream (as the recordings were made).
 
 FastAGI (``--agi``):
@@ -26,15 +37,18 @@ FastAGI (``--agi``):
   connect attempt.
 * ``fast``: a minimal in-process FastAGI server answers like the controller's contract
   (``ivr``: IVR_ACTION=queue and the queue variables; ``after-queue``: hangup), without
-  menus, so each call makes two real FastAGI sessions.
+  menus, so each call makes two real FastAGI sessions (both ends in this process).
 
 The round trips of a real IVR (prompts, GET DATA) take virtual time, not CPU; what costs
 CPU is the sessions themselves, which ``fast`` measures.
 
+``engine_only_*``: the same traffic with a listener that counts every event instead of
+the AMI server (every event built, none encoded).
+
 Goals (the simulator's brief): >= 500 calls/s and >= 15k AMI events/s on one core.
 
     python bench/sim_rate.py --json [--calls 2000] [--agents 200] [--rate 3] [--agi none|fast]
-                                    [--filters ivr|none]
+                                    [--filters ivr|none] [--reader process|same]
 """
 
 from __future__ import annotations
@@ -46,6 +60,10 @@ import json
 import logging
 import math
 import os
+import select
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -137,16 +155,52 @@ class _FastAGI(asyncio.Protocol):
 # -- an AMI client that reads everything -------------------------------------------------------
 
 
-class _Reader:
-    """Logs in with every event on and counts the events read until told to stop."""
+class _Reader(asyncio.Protocol):
+    """Logs in with every event on and counts the events read (``--reader same``).
+
+    A protocol rather than a stream reader: counting in ``data_received`` costs the
+    shared event loop little beyond the reads themselves.
+    """
 
     def __init__(self) -> None:
         self.events = 0
         self.bytes = 0
         self.tail = b""
+        self.head = b""  # the login exchange, until SuccessfulAuth
+        self.logging_in = True
         self.ready = asyncio.Event()
         self.caught_up = asyncio.Event()
         self.expected: int | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        login = f"Action: Login\r\nUsername: ivr\r\nSecret: {SECRET}\r\nEvents: on\r\n\r\n"
+        transport.write(login.encode())
+
+    def data_received(self, data: bytes) -> None:
+        if self.logging_in:
+            self.head += data
+            # banner, the login response, FullyBooted, then the SuccessfulAuth security
+            # event: the session's own events, not counted
+            end = self.head.find(b"Event: SuccessfulAuth")
+            if end < 0 or self.head.find(b"\r\n\r\n", end) < 0:
+                return
+            if b"Response: Success" not in self.head:
+                raise RuntimeError(f"AMI login failed: {self.head!r}")
+            cut = self.head.find(b"\r\n\r\n", end) + 4
+            data = self.head[cut:]
+            self.head = b""
+            self.logging_in = False
+            self.tail = b"\r\n\r\n"  # what follows starts a message
+            self.ready.set()
+        self.bytes += len(data)
+        chunk = self.tail + data
+        self.events += chunk.count(b"\r\n\r\nEvent: ")
+        self.tail = chunk[-9:]
+        if self.expected is not None and self.events >= self.expected:
+            self.caught_up.set()
 
     def expect(self, events: int) -> None:
         """Set :attr:`caught_up` once ``events`` events have been read."""
@@ -154,36 +208,97 @@ class _Reader:
         if self.events >= events:
             self.caught_up.set()
 
-    async def run(self, port: int, stop: asyncio.Event) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await reader.readline()  # banner
-        writer.write(f"Action: Login\r\nUsername: ivr\r\nSecret: {SECRET}\r\nEvents: on\r\n\r\n".encode())
-        login = await reader.readuntil(b"\r\n\r\n")
-        if b"Success" not in login:
-            raise RuntimeError(f"AMI login failed: {login!r}")
-        # FullyBooted, then the SuccessfulAuth security event: the session's own events
-        while b"Event: SuccessfulAuth" not in await reader.readuntil(b"\r\n\r\n"):
-            pass
-        self.ready.set()
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            while True:
-                read = asyncio.ensure_future(reader.read(1 << 20))
-                done, _ = await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if read not in done:
-                    read.cancel()
-                    break
-                chunk = read.result()
-                if not chunk:
-                    break
-                self.bytes += len(chunk)
-                data = self.tail + chunk
-                self.events += data.count(b"\r\n\r\nEvent: ") + data.startswith(b"Event: ")
-                self.tail = data[-9:]
-                if self.expected is not None and self.events >= self.expected:
-                    self.caught_up.set()
-        finally:
-            writer.close()
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _read_in_child(port: int) -> None:
+    """The ``--read-port`` mode: log in, say ``ready``, count events until told how many.
+
+    Blocking sockets in a process of its own: the simulator's CPU time then holds none of
+    the client's reads. The parent writes the number of events to expect on stdin; the
+    answer (events, bytes, this process's CPU seconds) is one JSON line on stdout.
+    """
+    sock = socket.create_connection(("127.0.0.1", port))
+    data = b""
+
+    def message() -> bytes:
+        nonlocal data
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError("AMI connection closed during login")
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        return head
+
+    while b"\r\n" not in data:
+        data += sock.recv(1 << 16)
+    data = data.split(b"\r\n", 1)[1]  # banner
+    sock.sendall(f"Action: Login\r\nUsername: ivr\r\nSecret: {SECRET}\r\nEvents: on\r\n\r\n".encode())
+    login = message()
+    if b"Success" not in login:
+        raise RuntimeError(f"AMI login failed: {login!r}")
+    # FullyBooted, then the SuccessfulAuth security event: the session's own events
+    while b"Event: SuccessfulAuth" not in message():
+        pass
+    cpu0 = time.process_time()
+    print("ready", flush=True)
+    # what follows SuccessfulAuth starts a message: as if after a blank line
+    chunk = b"\r\n\r\n" + data
+    events = chunk.count(b"\r\n\r\nEvent: ")
+    total = len(data)
+    tail = chunk[-9:]
+    expected: int | None = None
+    deadline = math.inf
+    stdin = sys.stdin.fileno()
+    while expected is None or events < expected:
+        if time.monotonic() > deadline:
+            break
+        ready, _, _ = select.select([sock, stdin] if expected is None else [sock], [], [], 1.0)
+        if stdin in ready:
+            expected = int(sys.stdin.readline())
+            deadline = time.monotonic() + 10.0
+        if sock in ready:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            chunk = tail + chunk
+            events += chunk.count(b"\r\n\r\nEvent: ")
+            tail = chunk[-9:]
+    cpu = time.process_time() - cpu0
+    print(json.dumps({"events": events, "bytes": total, "cpu_s": cpu}), flush=True)
+    sock.close()
+
+
+class _ChildReader:
+    """The AMI client in a child process (see :func:`_read_in_child`)."""
+
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--read-port", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    async def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        if line.strip() != "ready":
+            raise RuntimeError(f"AMI reader did not start: {line!r}")
+
+    async def finish(self, expected: int) -> dict[str, Any]:
+        """Tell the child how many events to wait for; its counts and CPU seconds."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{expected}\n")
+        self.proc.stdin.flush()
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        await asyncio.to_thread(self.proc.wait, 10)
+        result: dict[str, Any] = json.loads(line)
+        return result
 
 
 async def engine_only(calls: int, agents: int, rate: float, seed: int, agi_port: int) -> tuple[float, float]:
@@ -210,7 +325,9 @@ async def engine_only(calls: int, agents: int, rate: float, seed: int, agi_port:
     return gen.stats.placed / cpu, events / cpu
 
 
-async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters: str) -> dict[str, Any]:
+async def run(
+    calls: int, agents: int, rate: float, seed: int, agi: str, filters: str, reader_mode: str = "process"
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     fast_server: asyncio.Server | None = None
     if agi == "fast":
@@ -219,8 +336,6 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters
         note = "FastAGI: in-process minimal server (2 sessions per answered call: ivr, after-queue)"
     else:
         # a bound socket that does not listen: connect() is refused at once
-        import socket
-
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))
         agi_port = closed.getsockname()[1]
@@ -232,10 +347,14 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters
         sim, "127.0.0.1", 0, "ivr", secret=SECRET, max_output_buffer=1 << 30, event_filters=event_filters
     )
     await ami.start()
-    reader = _Reader()
-    stop = asyncio.Event()
-    reading = asyncio.create_task(reader.run(ami.port, stop))
-    await asyncio.wait_for(reader.ready.wait(), 10)
+    child: _ChildReader | None = None
+    if reader_mode == "process":
+        child = _ChildReader(ami.port)
+        await asyncio.wait_for(child.ready(), 20)  # logged in: it has read SuccessfulAuth
+    else:
+        reader = _Reader()
+        await loop.create_connection(lambda: reader, "127.0.0.1", ami.port)
+        await asyncio.wait_for(reader.ready.wait(), 10)
     emitted0 = sim.events_emitted
     delivered0 = ami.events_delivered
     peak = 0
@@ -245,23 +364,30 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters
         if name == "Newchannel":
             peak = max(peak, len(sim.channels))
 
-    sim.add_listener(count)
+    # Newchannel only: a listener that took every event would make the engine build the
+    # events the AMI filters spare it
+    sim.add_listener(count, lambda name, privilege: name == "Newchannel")
     cpu0, wall0 = time.process_time(), time.perf_counter()
     gen = TrafficGenerator(sim)
     await gen.run()
     await sim.idle()
-    # the last events may still be in the socket
     emitted = sim.events_emitted - emitted0
     delivered = ami.events_delivered - delivered0
-    reader.expect(delivered)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(reader.caught_up.wait(), 10)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    received = reader.events
+    reader_cpu: float | None = None
+    if child is not None:
+        # until the child has read the last event: the last writes count too
+        got = await child.finish(delivered)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        received, ami_bytes, reader_cpu = got["events"], got["bytes"], got["cpu_s"]
+    else:
+        reader.expect(delivered)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.caught_up.wait(), 10)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        received, ami_bytes = reader.events, reader.bytes
+        reader.close()
     virtual = sim.now() - START
     answered = sum(1 for line in sim.queue_log_lines if "|CONNECT|" in line)
-    stop.set()
-    await reading
     await ami.stop()
     await sim.stop()
     engine_calls, engine_events = await engine_only(calls, agents, rate, seed, agi_port)
@@ -286,12 +412,15 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters
         "events_emitted": emitted,
         "events_delivered": delivered,
         "events_received": received,
-        "ami_bytes": reader.bytes,
+        "ami_bytes": ami_bytes,
         "peak_channels": peak,
         "arrivals_per_s_virtual": rate,
         "virtual_s": round(virtual),
         "cpu_s": round(cpu, 3),
         "wall_s": round(wall, 3),
+        "reader": reader_mode,
+        "reader_cpu_s": None if reader_cpu is None else round(reader_cpu, 3),
+        "calls_per_s_with_reader": round(placed / (cpu + (reader_cpu or 0.0))),
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "filters": filters,
         "notes": note
@@ -301,8 +430,13 @@ async def run(calls: int, agents: int, rate: float, seed: int, agi: str, filters
             if event_filters
             else "; no AMI eventfilters: the client receives every event the engine raises"
         )
-        + "; one process, one core: engine + AMI encode/send + AMI client reads; engine_only_*: the same"
-        " traffic with a counting listener instead of the AMI server",
+        + (
+            "; per CPU second of the simulator's process (one core: engine + AMI filter/encode/send),"
+            " the AMI client reading in a child process (reader_cpu_s)"
+            if reader_mode == "process"
+            else "; one process, one core: engine + AMI encode/send + AMI client reads"
+        )
+        + "; engine_only_*: the same traffic with a counting listener instead of the AMI server",
     }
 
 
@@ -320,11 +454,23 @@ def main() -> None:
         default="ivr",
         help="AMI eventfilters: those of the ivr user in asterisk-conf/manager.conf, or none",
     )
+    parser.add_argument(
+        "--reader",
+        choices=("process", "same"),
+        default="process",
+        help="the AMI client in a child process (default) or in the simulator's process",
+    )
+    parser.add_argument("--read-port", type=int, help=argparse.SUPPRESS)  # the child reader
     args = parser.parse_args()
+    if args.read_port is not None:
+        _read_in_child(args.read_port)
+        return
     if args.calls < 1 or args.agents < 1 or not args.rate > 0:
         parser.error("--calls, --agents and --rate must be positive")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    result = asyncio.run(run(args.calls, args.agents, args.rate, args.seed, args.agi, args.filters))
+    result = asyncio.run(
+        run(args.calls, args.agents, args.rate, args.seed, args.agi, args.filters, args.reader)
+    )
     if args.json:
         print(json.dumps(result))
     else:

@@ -4,17 +4,24 @@ coalesced output: what reaches a client, in what order, and what never gets form
 from __future__ import annotations
 
 import asyncio
+import math
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_ami_server import SECRET, EngineDouble, RawAMI
 
-from ivr.protocol.ami import Event, Response
-from ivr.sim.ami_server import AMIServer
+from ivr.protocol.ami import Event, Response, event_text
+from ivr.sim.ami_server import AMIServer, event_category
+from ivr.sim.api import Headers
+from ivr.sim.conf_loader import product_config
 from ivr.sim.config import default_config
+from ivr.sim.engine import Simulator
 from ivr.sim.manager_conf import get_perm, load_manager_user, parse_eventfilter
 from ivr.sim.run import start_sim
+from ivr.sim.traffic import TrafficGenerator
 
 MANAGER_CONF = Path(__file__).resolve().parent.parent / "asterisk-conf" / "manager.conf"
 
@@ -202,3 +209,52 @@ async def test_start_sim_applies_the_shipped_filters() -> None:
         await raw.close()
     finally:
         await running.stop()
+
+
+async def test_a_simulator_never_builds_what_the_filters_drop_and_the_client_gets_the_rest() -> None:
+    """The simulator asks the server what its sessions take before building an event: the
+    client of the shipped ``ivr`` user receives, byte for byte and in order, the events of
+    the whole stream that its read classes and filters let through -- and the server is
+    never handed an event its filters would drop."""
+    user = load_manager_user(MANAGER_CONF, "ivr")
+    cfg = product_config()
+    closed = socket.socket()  # bound, not listening: every AGI() fails open at once
+    closed.bind(("127.0.0.1", 0))
+    cfg.globals["IVR_AGI_PORT"] = str(closed.getsockname()[1])
+    cfg.traffic = replace(cfg.traffic, calls=12, arrivals_per_hour=1800.0, patience=(30.0, 120.0))
+    sim = Simulator(cfg, seed=11, speed=math.inf, start_epoch=1_800_000_000.0)
+    everything: list[tuple[str, Headers]] = []
+    await sim.start()
+    srv = AMIServer.for_user(sim, user, secret=SECRET, shutdown_grace=1.0)
+    await srv.start()
+    try:
+        raw = await _login(srv.port)  # no FullyBooted or SuccessfulAuth: not in read
+        # a listener of the whole stream, registered after the login
+        sim.add_listener(lambda name, headers: everything.append((name, list(headers))))
+        await TrafficGenerator(sim).run()
+        await sim.idle(real_seconds=30)
+        sim.user_event("end", [])
+        filters = user.event_filters
+        expected = [
+            event_text(name, headers).encode()
+            for name, headers in everything
+            if event_category(headers) & user.read == event_category(headers)
+            and filters.should_send(name, headers)
+        ]
+        got: list[bytes] = []
+        async with asyncio.timeout(10):
+            while len(got) < len(expected):
+                got.append(await raw.read_raw())
+        assert got == expected
+        names = {name for name, _ in everything}
+        assert {"Newexten", "VarSet", "LocalBridge", "DeviceStateChange"} <= names
+        kept = {b.split(b"\r\n", 1)[0] for b in got}
+        assert b"Event: Newexten" not in kept and b"Event: VarSet" in kept  # QUEUESTATUS, IVR_*
+        assert len(expected) < len(everything) // 2
+        # filtered before they were built: the server's own filtering never ran
+        assert srv.events_filtered == 0 and srv.events_delivered == len(expected)
+        await raw.close()
+    finally:
+        await srv.stop()
+        await sim.stop()
+        closed.close()

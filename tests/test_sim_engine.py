@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ivr.protocol.ami import Action
-from ivr.sim.api import ActionResult, Engine, Headers
+from ivr.sim.api import ActionResult, Engine, Headers, HeaderTest, SelectiveEngine
 from ivr.sim.clock import Scheduler
 from ivr.sim.config import SimConfig, SimConfigError, default_config, load_config, parse_config
 from ivr.sim.dialplan import Dialplan, match_pattern, parse_step, substitute
@@ -275,6 +275,59 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # -- channels and ids ------------------------------------------------------------------------------------
+
+
+async def test_listeners_get_only_the_events_their_interest_takes() -> None:
+    """A listener with an interest is handed only what it may take; the full-stream
+    listener beside it still sees everything, and every event is counted."""
+    cfg = queue_config({"q": {"members": ["Local/201@agents"]}}, globals={"PLAN201": "1:2"})
+    asked: list[tuple[str, str]] = []
+    plain: list[tuple[str, Headers]] = []
+    by_name: list[str] = []
+    by_variable: list[str | None] = []
+    by_channel: list[tuple[str, str | None]] = []
+
+    def names(name: str, privilege: str) -> bool:
+        asked.append((name, privilege))
+        return name in ("Newchannel", "Hangup")
+
+    def variable(name: str, privilege: str) -> bool | HeaderTest:
+        if name != "VarSet":
+            return False
+        return HeaderTest(frozenset({"Variable"}), lambda headers: h(headers, "Variable") == "QUEUESTATUS")
+
+    def channel(name: str, privilege: str) -> bool | HeaderTest:
+        # reads a header the engine adds itself (the snapshot): it must get every such
+        # event and decide for itself
+        return name == "Newstate" and HeaderTest(frozenset({"Channel"}), lambda headers: False)
+
+    async with running(cfg) as (sim, rec):
+        assert isinstance(sim, SelectiveEngine)
+        sim.add_listener(lambda name, headers: plain.append((name, headers)))
+        sim.add_listener(lambda name, headers: by_name.append(name), names)
+        sim.add_listener(lambda name, headers: by_variable.append(h(headers, "Value")), variable)
+        sim.add_listener(lambda name, headers: by_channel.append((name, h(headers, "Channel"))), channel)
+        for n in range(3):
+            caller(sim, n, PATIENCE="40")
+        await sim.run_for(60)
+        assert len(set(asked)) == len(asked)  # asked once per name and class
+        before = len(asked)
+        sim.interest_changed()
+        caller(sim, 9, PATIENCE="40")
+        await sim.run_for(60)
+    assert ("Newchannel", "call,all") in asked[:before] and ("Newchannel", "call,all") in asked[before:]
+    assert by_name == [name for name, _ in plain if name in ("Newchannel", "Hangup")]
+    assert by_name.count("Newchannel") >= 8
+    statuses = [
+        h(headers, "Value")
+        for name, headers in plain
+        if name == "VarSet" and h(headers, "Variable") == "QUEUESTATUS"
+    ]
+    assert by_variable == statuses and statuses
+    assert by_channel == [
+        ("Newstate", h(headers, "Channel")) for name, headers in plain if name == "Newstate"
+    ]
+    assert sim.events_emitted == len(plain) == len(rec.events)
 
 
 async def test_local_channel_names_uniqueids_and_linkedids() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import math
 import os
@@ -270,10 +271,7 @@ class _Session:
         """
         loop = asyncio.get_running_loop()
         timeout = self.sim.config.agi_connect_timeout
-        try:
-            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        except ValueError:
-            family = None
+        family = _address_family(host)
         if family is None:
             try:
                 async with asyncio.timeout(timeout):
@@ -663,3 +661,12 @@ _EXEC_APPS: Final = frozenset(
         "queue",
     }
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _address_family(host: str) -> socket.AddressFamily | None:
+    """The family of an IP address, None for a host name (every AGI() asks, for one host)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ivr.protocol.ami import Action
 
@@ -24,6 +24,27 @@ Headers = list[tuple[str, str]]
 #: every listener: read it, do not modify it. Listeners run synchronously inside the
 #: engine, so they must be quick (encode and queue, never wait).
 EventListener = Callable[[str, Headers], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderTest:
+    """A listener's verdict on events of one name that depends on some of their headers.
+
+    ``test(headers)`` is False when the listener would drop the event. It reads only the
+    headers named in ``keys``, so an engine may ask it before adding the headers it
+    builds itself (``Privilege``, ``Timestamp``, a channel snapshot) when none of those
+    is in ``keys``: a VarSet the listener drops by its ``Variable`` is then never built.
+    """
+
+    keys: frozenset[str]
+    test: Callable[[Headers], bool]
+
+
+#: What a listener takes of the events of one name and class (``Privilege`` value):
+#: True (every one), False (none: the engine need not build them for it) or a
+#: :class:`HeaderTest`. Asked once per name and class, again after the engine's
+#: ``interest_changed``.
+EventInterest = Callable[[str, str], bool | HeaderTest]
 
 
 @dataclass(slots=True)
@@ -80,4 +101,21 @@ class Engine(Protocol):
 
     def now(self) -> float:
         """The simulated epoch time, for ``Timestamp`` headers."""
+        ...
+
+
+@runtime_checkable
+class SelectiveEngine(Engine, Protocol):
+    """An engine that builds an event only for the listeners that may take it.
+
+    A front-end whose clients filter events (manager.conf ``eventfilter``) registers its
+    listener with an :data:`EventInterest`; most events of a busy PBX (Newexten, most
+    VarSet) are then never built at all. It calls :meth:`interest_changed` whenever its
+    answers may change (a client logs in or out, changes its event mask).
+    """
+
+    def add_listener(self, listener: EventListener, interest: EventInterest | None = None) -> None: ...
+
+    def interest_changed(self) -> None:
+        """Forget the interests asked so far: ask the listeners again."""
         ...

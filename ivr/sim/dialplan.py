@@ -81,6 +81,12 @@ def _count_closing(s: str) -> int:
 
 def split_args(args: str) -> list[str]:
     """Split application arguments on commas outside parentheses (``AST_STANDARD_APP_ARGS``)."""
+    return list(_split_args(args))
+
+
+@lru_cache(maxsize=4096)
+def _split_args(args: str) -> tuple[str, ...]:
+    """:func:`split_args`, cached: the same steps split the same arguments on every call."""
     out: list[str] = []
     depth = 0
     cur: list[str] = []
@@ -95,7 +101,7 @@ def split_args(args: str) -> list[str]:
             depth -= 1
         cur.append(ch)
     out.append("".join(cur))
-    return out
+    return tuple(out)
 
 
 Lookup = Callable[[str], str | None]
@@ -108,9 +114,10 @@ def substitute(text: str, lookup: Lookup) -> str:
     return _render(_compile(text), lookup)
 
 
-#: A parsed argument string: literal text, or ``(is_brace, inner)`` for ``${inner}`` /
-#: ``$[inner]``, whose inner text is itself substituted first.
-_Part = str | tuple[bool, "_Template"]
+#: A parsed argument string: literal text, or ``(is_brace, inner, plain)`` for ``${inner}``
+#: / ``$[inner]``, whose inner text is itself substituted first -- unless it holds no
+#: ``$`` part: then ``plain`` is that text (``${VAR}``, most of them), else None.
+_Part = str | tuple[bool, "_Template", str | None]
 _Template = tuple[_Part, ...]
 
 
@@ -143,7 +150,14 @@ def _compile(text: str) -> _Template:
             elif not brace and ch == "[":
                 depth += 1  # pbx.c counts every bracket inside $[...]
             j += 1
-        parts.append((brace, _compile(text[start + 2 : j - 1])))
+        inner = _compile(text[start + 2 : j - 1])
+        if not inner:
+            plain: str | None = ""
+        elif len(inner) == 1 and isinstance(inner[0], str):
+            plain = inner[0]
+        else:
+            plain = None
+        parts.append((brace, inner, plain))
         i = j
     return tuple(parts)
 
@@ -154,8 +168,8 @@ def _render(template: _Template, lookup: Lookup) -> str:
         if isinstance(part, str):
             out.append(part)
         else:
-            brace, inner = part
-            text = _render(inner, lookup)
+            brace, inner, plain = part
+            text = plain if plain is not None else _render(inner, lookup)
             out.append(_expand(text, lookup) if brace else evaluate_expression(text))
     return "".join(out)
 
@@ -175,7 +189,7 @@ _FUNC_RE: Final = re.compile(r"(?P<name>[A-Z_]+)\((?P<args>.*)\)")
 
 
 def _expand(expr: str, lookup: Lookup) -> str:
-    fm = _FUNC_RE.fullmatch(expr)
+    fm = _FUNC_RE.fullmatch(expr) if expr.endswith(")") else None  # most are plain names
     if fm is not None:
         name, args = fm["name"], fm["args"]
         if name == "DEFAULT":
@@ -414,11 +428,13 @@ class _Parser:
         return value
 
 
+@lru_cache(maxsize=4096)
 def evaluate_expression(expr: str) -> str:
     """The value of ``$[expr]``: ``"1"``/``"0"`` for comparisons, numbers, or a string.
 
     A malformed expression gives ``""``, as Asterisk substitutes nothing after its
-    "syntax error" warning.
+    "syntax error" warning. Cached: the value depends on the text alone (variables are
+    substituted before), and the same few expressions come back on every call.
     """
     try:
         return _Parser(_tokens(expr)).parse()
@@ -496,6 +512,10 @@ class Dialplan:
             ctx: sorted((e for e in extens if e.startswith("_")), key=lambda e: _compiled(e[1:])[1])
             for ctx, extens in self.contexts.items()
         }
+        self._matches: dict[tuple[str, str], str | None] = {}
+
+    #: Pattern matches remembered (an agent's extension is looked up at every step).
+    MAX_MATCHES: Final = 4096
 
     def find(self, context: str, exten: str) -> str | None:
         """The extension entry that handles ``exten`` in ``context`` (exact, then pattern)."""
@@ -504,10 +524,19 @@ class Dialplan:
             return None
         if exten in extens:
             return exten
+        key = (context, exten)
+        try:
+            return self._matches[key]
+        except KeyError:
+            pass
+        found = None
         for pattern in self._patterns[context]:
             if match_pattern(pattern, exten):
-                return pattern
-        return None
+                found = pattern
+                break
+        if len(self._matches) < self.MAX_MATCHES:
+            self._matches[key] = found
+        return found
 
     def exists(self, context: str, exten: str) -> bool:
         return self.find(context, exten) is not None

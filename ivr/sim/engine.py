@@ -38,7 +38,7 @@ from typing import Any, Final
 import structlog
 
 from ivr.protocol.ami import Action
-from ivr.sim.api import ActionResult, EventListener, Headers
+from ivr.sim.api import ActionResult, EventInterest, EventListener, Headers, HeaderTest
 from ivr.sim.channel import (
     BUSY,
     CAUSE_TEXT,
@@ -195,7 +195,9 @@ class Simulator:
         self._uid = 0
         self._local = 0
         # A tuple, replaced on change: emit() iterates it while a listener may unsubscribe.
-        self._listeners: tuple[EventListener, ...] = ()
+        self._listeners: tuple[tuple[EventListener, EventInterest | None], ...] = ()
+        # Who takes the events of a name and class: name -> Privilege value -> route.
+        self._routes: dict[str, dict[str, _Route]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._device_inuse: dict[str, int] = {}
         self._device_reported: dict[str, str] = {}
@@ -215,16 +217,29 @@ class Simulator:
         self.queues = QueueManager(self)
 
     # -- Engine protocol ------------------------------------------------------------------
-    def add_listener(self, listener: EventListener) -> None:
-        self._listeners = (*self._listeners, listener)
+    def add_listener(self, listener: EventListener, interest: EventInterest | None = None) -> None:
+        """Call ``listener`` for every event, or, with ``interest``, for those it may take.
+
+        An event no listener may take is counted (:attr:`events_emitted`,
+        :attr:`event_counts`) but never built.
+        """
+        self._listeners = (*self._listeners, (listener, interest))
+        self._routes = {}
 
     def remove_listener(self, listener: EventListener) -> None:
         listeners = list(self._listeners)
-        try:
-            listeners.remove(listener)
-        except ValueError:
+        for i, (known, _interest) in enumerate(listeners):
+            if known == listener:
+                del listeners[i]
+                break
+        else:
             return
         self._listeners = tuple(listeners)
+        self._routes = {}
+
+    def interest_changed(self) -> None:
+        """A listener's interest may have changed: ask again on the next events."""
+        self._routes = {}
 
     def now(self) -> float:
         return self.clock.now()
@@ -321,16 +336,39 @@ class Simulator:
             self._ts_pair = ("Timestamp", f"{now:.6f}")
         return self._ts_pair
 
+    def _route(self, name: str, privilege: str) -> _Route:
+        """Who takes the events ``name`` of class ``privilege`` (asked once, then cached)."""
+        by_privilege = self._routes.get(name)
+        if by_privilege is None:
+            by_privilege = self._routes[name] = {}
+        entries: list[tuple[EventListener, HeaderTest | None]] = []
+        for listener, interest in self._listeners:
+            want: bool | HeaderTest = True if interest is None else interest(name, privilege)
+            if want is True:
+                entries.append((listener, None))
+            elif want is not False:
+                assert isinstance(want, HeaderTest)
+                entries.append((listener, want))
+        route = by_privilege[privilege] = _Route(entries)
+        return route
+
     def emit(self, name: str, privilege: str, headers: Headers) -> None:
         """Send an event to every listener: ``Privilege``, ``Timestamp`` then ``headers``."""
         self.clock.activity += 1
         self.events_emitted += 1
         self.event_counts[name] += 1
-        if self._listeners:
-            self._dispatch(name, [_privilege(privilege), self._timestamp(), *headers])
+        try:
+            route = self._routes[name][privilege]
+        except KeyError:
+            route = self._route(name, privilege)
+        listeners = route.listeners
+        if listeners is None:
+            listeners = route.select(headers, route.plain_safe)
+        if listeners:
+            self._dispatch(listeners, name, [_privilege(privilege), self._timestamp(), *headers])
 
-    def _dispatch(self, name: str, full: Headers) -> None:
-        for listener in self._listeners:
+    def _dispatch(self, listeners: tuple[EventListener, ...], name: str, full: Headers) -> None:
+        for listener in listeners:
             try:
                 listener(name, full)
             except Exception:
@@ -343,14 +381,33 @@ class Simulator:
         self.clock.activity += 1
         self.events_emitted += 1
         self.event_counts[name] += 1
-        if self._listeners:
-            self._dispatch(name, [_privilege(privilege), self._timestamp(), *chan.snapshot(), *extra])
+        try:
+            route = self._routes[name][privilege]
+        except KeyError:
+            route = self._route(name, privilege)
+        listeners = route.listeners
+        if listeners is None:
+            listeners = route.select(extra, route.chan_safe)
+        if listeners:
+            self._dispatch(
+                listeners, name, [_privilege(privilege), self._timestamp(), *chan.snapshot(), *extra]
+            )
+
+    def wanted(self, name: str, privilege: str) -> bool:
+        """Whether some listener may take the events ``name`` of class ``privilege``: an
+        event nobody takes need not have its headers built (it is still :meth:`emit`-ted,
+        with none, to be counted)."""
+        try:
+            route = self._routes[name][privilege]
+        except KeyError:
+            route = self._route(name, privilege)
+        return route.entries != ()
 
     def emit_two(
         self, name: str, chan: Channel | None, dest: Channel, extra: Headers, privilege: str
     ) -> None:
         """An event about two channels: ``Channel``'s snapshot (if any), then ``Dest*``."""
-        if not self._listeners:
+        if not self.wanted(name, privilege):
             self.emit(name, privilege, [])
             return
         headers: Headers = [] if chan is None else list(chan.snapshot())
@@ -404,7 +461,7 @@ class Simulator:
         return c1, c2
 
     def local_bridge_event(self, c1: Channel, c2: Channel) -> None:
-        if self._listeners:
+        if self.wanted("LocalBridge", CALL):
             self.emit(
                 "LocalBridge",
                 CALL,
@@ -872,6 +929,63 @@ def _unpair(c1: Channel, c2: Channel) -> None:
     """
     c1.peer = None
     c2.peer = None
+
+
+#: The headers the engine puts before a channel event's own (``emit_chan``'s ``extra``).
+_CHAN_BUILT: Final = frozenset(
+    {
+        "Privilege",
+        "Timestamp",
+        "Channel",
+        "ChannelState",
+        "ChannelStateDesc",
+        "CallerIDNum",
+        "CallerIDName",
+        "ConnectedLineNum",
+        "ConnectedLineName",
+        "Language",
+        "AccountCode",
+        "Context",
+        "Exten",
+        "Priority",
+        "Uniqueid",
+        "Linkedid",
+    }
+)
+_PLAIN_BUILT: Final = frozenset({"Privilege", "Timestamp"})
+
+
+class _Route:
+    """The listeners of the events of one name and class.
+
+    ``listeners`` is the answer when no listener's interest depends on the headers;
+    otherwise :meth:`select` asks each :class:`HeaderTest` about the event's own headers
+    -- only when the headers the engine adds cannot hold what it reads (``chan_safe``,
+    ``plain_safe``), else that listener gets the event and decides itself.
+    """
+
+    __slots__ = ("chan_safe", "entries", "everyone", "listeners", "lone", "plain_safe")
+
+    def __init__(self, entries: list[tuple[EventListener, HeaderTest | None]]) -> None:
+        self.entries = tuple(entries)
+        self.everyone = tuple(listener for listener, _t in entries)
+        tests = [t for _listener, t in entries if t is not None]
+        self.listeners: tuple[EventListener, ...] | None = None if tests else self.everyone
+        # the common case of a test: one listener (the AMI server), one test
+        self.lone = tests[0].test if len(entries) == 1 and tests else None
+        self.chan_safe = all(t.keys.isdisjoint(_CHAN_BUILT) for t in tests)
+        self.plain_safe = all(t.keys.isdisjoint(_PLAIN_BUILT) for t in tests)
+
+    def select(self, own: Sequence[tuple[str, str]], safe: bool) -> tuple[EventListener, ...]:
+        """The listeners an event with these headers (its own, or all but the ones the
+        engine adds) goes to."""
+        if not safe:
+            return self.everyone
+        headers = own if isinstance(own, list) else list(own)
+        lone = self.lone
+        if lone is not None:
+            return self.everyone if lone(headers) else ()
+        return tuple(listener for listener, t in self.entries if t is None or t.test(headers))
 
 
 _PRIVILEGES: dict[str, tuple[str, str]] = {}

@@ -413,6 +413,9 @@ class FilterPlan:
     excludes: tuple[EventFilter, ...]
     any_include: bool
     needs_text: bool
+    #: The header keys :meth:`evaluate` reads (when it needs no text): the verdict on an
+    #: event depends on its name and these headers only.
+    header_keys: frozenset[str] = frozenset()
 
     def evaluate(self, name: str, headers: Sequence[tuple[str, str]], text: str | None) -> bool:
         """``should_send_event`` (when :attr:`verdict` is None)."""
@@ -484,7 +487,8 @@ class EventFilters:
         else:
             verdict = None
         needs_text = verdict is None and any(f.needs_text for f in (*inc, *exc))
-        return FilterPlan(verdict, inc, exc, bool(self.includes), needs_text)
+        keys = frozenset(f.key for f in (*inc, *exc) if f.key)
+        return FilterPlan(verdict, inc, exc, bool(self.includes), needs_text, keys)
 
     def should_send(self, name: str, headers: Sequence[tuple[str, str]], text: str | None = None) -> bool:
         """``should_send_event``; ``text`` (the formatted event) is made here if needed and absent."""

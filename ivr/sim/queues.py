@@ -241,6 +241,8 @@ class CallQueue:
         self.strategy = cfg.strategy
         self.autofill = autofill if cfg.autofill is None else cfg.autofill
         self.members: list[Member] = []  # kept in ao2 hash iteration order
+        # member(): the first member in that order of each interface, case folded
+        self._by_interface: dict[str, Member] = {}
         self.entries: list[QueueEntry] = []
         self.holdtime = 0
         self.talktime = 0
@@ -260,21 +262,27 @@ class CallQueue:
         return len(self.entries)
 
     def member(self, interface: str) -> Member | None:
-        folded = interface.lower()
+        return self._by_interface.get(interface.lower())
+
+    def _index(self, folded: str) -> None:
+        """Point :meth:`member` at the first member of interface ``folded``, if any."""
+        self._by_interface.pop(folded, None)
         for m in self.members:
             if m.interface.lower() == folded:
-                return m
-        return None
+                self._by_interface[folded] = m
+                break
 
     def insert_member(self, mem: Member) -> None:
         self.version += 1
         mem.queuepos = len(self.members)
         self.members.append(mem)
         self.members.sort(key=lambda m: (m.bucket, m.seq))
+        self._index(mem.interface.lower())
 
     def remove_member(self, mem: Member) -> None:
         self.version += 1
         self.members.remove(mem)
+        self._index(mem.interface.lower())
         for m in self.members:
             if m.queuepos > mem.queuepos:
                 m.queuepos -= 1
@@ -931,21 +939,6 @@ def _wrapuptime(q: CallQueue, m: Member) -> int:
     return m.wrapuptime or q.cfg.wrapuptime
 
 
-def _is_member_available(sim: Simulator, q: CallQueue, m: Member) -> bool:
-    available = False
-    status = m.status
-    if status in (DEVICE_INVALID, DEVICE_UNAVAILABLE):
-        available = False
-    elif status in (DEVICE_INUSE, DEVICE_BUSY, DEVICE_RINGING, DEVICE_RINGINUSE, DEVICE_ONHOLD):
-        available = m.ringinuse and not m.paused
-    else:
-        available = not m.paused
-    wrap = _wrapuptime(q, m)
-    if m.lastcall and wrap and _now(sim) - wrap < m.lastcall:
-        available = False
-    return available
-
-
 def _num_available(sim: Simulator, q: CallQueue) -> int:
     """``num_available_members``, cached per (member-change version, second)."""
     now = _now(sim)
@@ -957,11 +950,29 @@ def _num_available(sim: Simulator, q: CallQueue) -> int:
     return avl
 
 
+_BUSY_STATES: Final = frozenset({DEVICE_INUSE, DEVICE_BUSY, DEVICE_RINGING, DEVICE_RINGINUSE, DEVICE_ONHOLD})
+_GONE_STATES: Final = frozenset({DEVICE_INVALID, DEVICE_UNAVAILABLE})
+
+
 def _count_available(sim: Simulator, q: CallQueue) -> int:
+    """``num_available_members``: the members ``is_member_available`` finds free (on
+    their device state, pause and wrap-up time); the first one only without autofill
+    or with ringall. Inlined: a busy queue counts its members on every caller's turn."""
     avl = 0
+    first_only = not q.autofill or q.strategy == "ringall"
+    now = _now(sim)
+    qwrap = q.cfg.wrapuptime
     for m in q.members:
-        avl += _is_member_available(sim, q, m)
-        if (not q.autofill or q.strategy == "ringall") and avl:
+        status = m.status
+        if status in _GONE_STATES:
+            continue
+        if m.paused or (status in _BUSY_STATES and not m.ringinuse):
+            continue
+        wrap = m.wrapuptime or qwrap
+        if m.lastcall and wrap and now - wrap < m.lastcall:
+            continue
+        avl += 1
+        if first_only:
             break
     return avl
 
@@ -1073,6 +1084,32 @@ def _calc_metric(q: CallQueue, m: Member, pos: int, qe: QueueEntry, sim: Simulat
         base = 0 if not m.lastcall else 1000000 - (_now(sim) - m.lastcall)
         return base + penalty * 1000000 * usepenalty
     return 0
+
+
+def _attempts(q: CallQueue, qe: QueueEntry, sim: Simulator) -> list[_Attempt]:
+    """An attempt per member with its :func:`_calc_metric`, in member order.
+
+    The round-robin strategies (the shipped queues') are computed inline: a queue of many
+    members makes this list for every ring of every caller.
+    """
+    s = q.strategy
+    if s != "rrmemory" and s != "rrordered":
+        return [_Attempt(m, _calc_metric(q, m, pos, qe, sim)) for pos, m in enumerate(q.members)]
+    ref = q.rrpos
+    out: list[_Attempt] = []
+    wrapped = False
+    for m in q.members:  # usepenalty is 1: there are members
+        mpos = m.queuepos
+        if mpos < ref:
+            metric = 1000 + mpos
+        else:
+            if mpos > ref:
+                wrapped = True
+            metric = mpos
+        out.append(_Attempt(m, metric + m.penalty * 1000000))
+    if wrapped:
+        q.wrapped = True
+    return out
 
 
 def _find_best(attempts: list[_Attempt]) -> _Attempt | None:
@@ -1348,7 +1385,7 @@ async def _try_calling(ctx: _Ctx) -> int | str:
         else:
             ctx.tries = len(q.members)
     # try_calling prepends each member to its list: the attempts are in reverse member order
-    attempts = [_Attempt(m, _calc_metric(q, m, pos, qe, sim)) for pos, m in enumerate(q.members)]
+    attempts = _attempts(q, qe, sim)
     attempts.reverse()
     if qe.expire and (not q.cfg.timeout or qe.expire - now <= q.cfg.timeout):
         to = (qe.expire - now) * 1000
