@@ -1,32 +1,39 @@
 """FastAGI: IVR sessions per second and first-command latency, 500 sessions at a time.
 
-The server under test is :class:`~ivr.agi.server.AGIServer` with the packaged default
-configuration (the four services' menus, opening hours) and its clock set to a Thursday at
-10:00 in Paris (every service open). One change: ``[agi] max_sessions`` is raised to the
+The server under test is :class:`~ivr.agi.server.AGIServer` as ``ivr run`` runs it -- one
+process, the standard asyncio loop, the collector frozen once started as
+``Controller.start`` does -- with the packaged default configuration (the four services'
+menus, opening hours, the shipped IVR flows) and its clock set to a Thursday at 10:00 in
+Paris (every service open). One change: ``[agi] max_sessions`` is raised to the
 concurrency, since the shipped 200 would refuse 300 of 500 simultaneous calls.
 
-The load generator runs in child processes (``--generators``, one by default: their own
-loops and cores, so they do not steal the server's loop): ``--concurrency`` fake Asterisks
-(:class:`~ivr.protocol.agi.AGIClientConnection`, Asterisk's side of the codec), each
-connecting again as soon as its session ends, until ``--sessions`` sessions are done. A
-generator needs about 0.7 ms of CPU per session, so one caps the measurable rate near
-1,500/s: give it more processes on a machine with cores to spare. Each fake Asterisk
-sends the environment block recorded from Asterisk 22.10.1 (``answered/fastagi.txt``) with
-its own ``agi_uniqueid``/``agi_channel`` and a service drawn from the configuration, and
-answers every command at once the way res_agi.c does (``200 result=0 endpos=...`` for
-prompts, ``200 result=1`` for SET VARIABLE ...). ``GET DATA`` gets keys that lead to a
-queue (drawn, seeded, among the menu's queue and submenu options) and a case number of the
-expected length, so every session ends with ``IVR_ACTION=queue``.
+The load generator runs in child processes (``--generators``, one by default), each a
+plain ``epoll`` loop over non-blocking sockets: ``--concurrency`` fake Asterisks, each
+connecting again as soon as its session ends, until ``--sessions`` sessions are done.
+Each fake Asterisk sends the environment block recorded from Asterisk 22.10.1
+(``answered/fastagi.txt``), pre-encoded, with its own ``agi_uniqueid``/``agi_channel`` and
+a service drawn from the configuration, and answers every command at once the way
+res_agi.c does (``200 result=0 endpos=...`` for prompts, ``200 result=1`` for SET
+VARIABLE ...); a command line is parsed with the codec the first time it is seen and its
+reply reused afterwards. ``GET DATA`` gets keys that lead to a queue (drawn, seeded, among
+the menu's queue and submenu options) and a case number of the expected length, so every
+session ends with ``IVR_ACTION=queue``.
 
-First-command latency: from the moment the environment block is written to the socket
-to the moment the first command line has arrived, on the generator's clock. Every fake
-Asterisk answers at once, so the server is saturated and the latency is mostly queueing
-(Little's law: 500 sessions in flight / commands per second); ``connect_*`` shows the TCP
-connect times, where a listen backlog shorter than a burst of calls costs 1 s SYN
-retransmissions. ``*_cpu_ms_per_session`` (CPU time, not wall time) depend less on what
-else runs on the machine than the rates do.
+All figures are taken on the generator's side. First-command latency: from the moment the
+environment block is written to the socket to the moment the generator reads the first
+command line, on its clock. Every fake Asterisk answers at once, so the server is
+saturated and the latency is mostly queueing (Little's law: the sessions in flight over
+the exchanges per second; a new call also waits for the loop to accept it, then to read
+it); ``connect_*`` shows the TCP connect times, where a listen backlog shorter than a
+burst of calls costs 1 s SYN retransmissions. ``*_cpu_ms_per_session`` (CPU time, not
+wall time) depend less on what else runs on the machine than the rates do: compare runs
+made back to back.
 
-    python bench/agi_sessions.py --json [--sessions N] [--concurrency C] [--generators G] [--seed S]
+``--floor`` measures, with the same generator, a server that does nothing but send 13
+fixed command lines, one per reply, and close: what the machine, the loop and the
+generator allow, to read the real figures against.
+
+    python bench/agi_sessions.py --json [--sessions N] [--concurrency C] [--generators G] [--seed S] [--floor]
 """
 
 from __future__ import annotations
@@ -34,30 +41,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
+import gc
 import multiprocessing
 import os
 import random
+import select
+import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Final, cast
 from zoneinfo import ZoneInfo
 
 from _util import FIXTURES, emit, percentile, quiet_logs, rate
 
-from ivr.agi.server import AGIServer
+from ivr.agi.server import AGIServer, AGIStats
 from ivr.config import Config, default_config
 from ivr.domain.events import CallEvent
 from ivr.domain.ivr_ops import prompt_path
-from ivr.protocol.agi import CLOSED, NEED_DATA, AGIClientConnection, Command, UnknownCommand
+from ivr.protocol.agi import AGIClientConnection, Command, UnknownCommand, encode_reply, parse_command
 from ivr.recording import read_fastagi
 
 #: Inside every default service's opening hours.
 THURSDAY_10H = datetime(2026, 11, 26, 10, 0, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
 ENDPOS = 14560  # what the recording answers for a played prompt
+FLOOR_VARIABLES: Final = (
+    ("IVR_ACTION", "queue"),
+    ("IVR_QUEUE", "caf"),
+    ("IVR_PRIO", "1"),
+    ("IVR_QTIMEOUT", "0"),
+    ("IVR_SERVICE", "caf"),
+    ("IVR_REASON", "menu"),
+    ("IVR_CASE", ""),
+    ("IVR_LANG", "fr"),
+    ("IVR_ENDED", "1"),
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,83 +131,89 @@ class Results:
     cpu_s: float = 0.0  # the generator's CPU time during the run
 
 
-class FakeAsterisk(asyncio.Protocol):
-    """Asterisk's side of one FastAGI session, answering every command at once."""
+class Answers:
+    """What the fake Asterisk answers to each command line, as res_agi.c would.
 
-    def __init__(self, env: bytes, keys: Keypad, rng: random.Random, done: asyncio.Future[None]) -> None:
-        self.env = env
+    A line whose answer never changes (a prompt played, a variable set) is parsed with the
+    codec (:func:`~ivr.protocol.agi.parse_command`) and answered once, then its reply bytes
+    are looked up: the generator's CPU then goes to the sockets, not to parsing the same
+    few lines again, so the one process keeps up with a faster server. ``GET DATA``
+    (keys drawn per call) and ``SET VARIABLE IVR_ACTION`` (counted) are answered each time.
+    """
+
+    def __init__(self, keys: Keypad) -> None:
         self.keys = keys
+        self.fixed: dict[bytes, bytes] = {}
+
+    def answer(self, line: bytes, rng: random.Random, session: FakeAsterisk) -> bytes:
+        cmd = parse_command(line.decode())
+        if isinstance(cmd, UnknownCommand):
+            return encode_reply(510)
+        name = cmd.name
+        if name == "GET DATA":
+            digits = self.keys.digits(cmd.args[0], rng)
+            return encode_reply(200, digits) if digits else encode_reply(200, "", "timeout")
+        if name == "SET VARIABLE" and cmd.args[0] == "IVR_ACTION":
+            session.action = cmd.args[1]
+            return encode_reply(200, 1)
+        if name in ("ANSWER", "SAY DIGITS", "SAY NUMBER"):
+            reply = encode_reply(200, 0)
+        elif name == "STREAM FILE":
+            reply = encode_reply(200, 0, endpos=ENDPOS)
+        elif name == "SET VARIABLE":
+            reply = encode_reply(200, 1)
+        elif name == "GET VARIABLE":
+            reply = encode_reply(200, 1, "Up") if cmd.args[0] == "CHANNEL(state)" else encode_reply(200, 0)
+        elif name in ("VERBOSE", "HANGUP"):
+            reply = encode_reply(200, 1)
+        else:
+            reply = encode_reply(510)
+        if len(self.fixed) < 10_000:
+            self.fixed[line] = reply
+        return reply
+
+
+class FakeAsterisk:
+    """Asterisk's side of one FastAGI session on a non-blocking socket, answering at once.
+
+    It works on the bytes: the environment block is pre-encoded, each command line is
+    looked up in :class:`Answers`, and the replies to what one read brought are written in
+    one ``send`` (there is one, since the server waits for each reply).
+    """
+
+    __slots__ = ("action", "asked_at", "buf", "commands", "env", "first_ms", "rng", "sent_at", "sock")
+
+    def __init__(self, sock: socket.socket, env: bytes, rng: random.Random) -> None:
+        self.sock = sock
+        self.env = env
         self.rng = rng
-        self.done = done
-        self.conn = AGIClientConnection()
-        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.asked_at = time.perf_counter()
         self.sent_at = 0.0
         self.first_ms: float | None = None
         self.commands = 0
         self.action = ""
 
-    def itself(self) -> FakeAsterisk:
-        """The protocol factory of ``create_connection``."""
-        return self
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.conn.started = True  # the block is pre-encoded by the generator
-        transport.write(self.env)
+    def connected(self) -> None:
+        self.sock.sendall(self.env)  # a few hundred bytes: the socket buffer takes them at once
         self.sent_at = time.perf_counter()
 
-    def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
-        self._serve()
-
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._serve()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def _serve(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        while True:
-            event = self.conn.next_event()
-            if event is NEED_DATA:
-                return
-            if event is CLOSED:
-                transport.close()
-                return
-            if self.first_ms is None:
-                self.first_ms = (time.perf_counter() - self.sent_at) * 1000
-            self.commands += 1
-            if isinstance(event, UnknownCommand):
-                transport.write(self.conn.reply(510))
-            else:
-                assert isinstance(event, Command)
-                transport.write(self._answer(event))
-
-    def _answer(self, cmd: Command) -> bytes:
-        reply = self.conn.reply
-        name = cmd.name
-        if name in ("ANSWER", "SAY DIGITS", "SAY NUMBER"):
-            return reply(200, 0)
-        if name == "STREAM FILE":
-            return reply(200, 0, endpos=ENDPOS)
-        if name == "GET DATA":
-            digits = self.keys.digits(cmd.args[0], self.rng)
-            return reply(200, digits) if digits else reply(200, "", "timeout")
-        if name == "SET VARIABLE":
-            if cmd.args[0] == "IVR_ACTION":
-                self.action = cmd.args[1]
-            return reply(200, 1)
-        if name == "GET VARIABLE":
-            return reply(200, 1, "Up") if cmd.args[0] == "CHANNEL(state)" else reply(200, 0)
-        if name in ("VERBOSE", "HANGUP"):
-            return reply(200, 1)
-        return reply(510)
+    def received(self, data: bytes, answers: Answers) -> None:
+        if self.first_ms is None:
+            self.first_ms = (time.perf_counter() - self.sent_at) * 1000
+        buf = self.buf + data if self.buf else data
+        fixed = answers.fixed
+        replies: list[bytes] = []
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            line = buf[start:end]
+            start = end + 1
+            reply = fixed.get(line)
+            replies.append(reply if reply is not None else answers.answer(line, self.rng, self))
+        self.buf = buf[start:]
+        if replies:
+            self.commands += len(replies)
+            self.sock.sendall(replies[0] if len(replies) == 1 else b"".join(replies))
 
 
 def environments(env: Mapping[str, str], services: list[str], count: int, seed: int) -> list[bytes]:
@@ -205,44 +233,83 @@ def environments(env: Mapping[str, str], services: list[str], count: int, seed: 
     return out
 
 
-async def generate(
+def generate(
     port: int, envs: list[bytes], keys: Keypad, concurrency: int, seed: int, first_index: int = 0
 ) -> Results:
-    """Run ``concurrency`` fake Asterisks until every environment in ``envs`` had its session."""
-    loop = asyncio.get_running_loop()
+    """Run ``concurrency`` fake Asterisks until every environment in ``envs`` had its session.
+
+    A plain ``epoll`` loop over non-blocking sockets, no asyncio: per session the generator
+    then costs little more than its system calls, so that one process can load the server
+    harder than the server can serve (what is measured is the server, not the generator).
+    """
+    poller = select.epoll()
     results = Results()
+    answers = Answers(keys)
+    live: dict[int, FakeAsterisk] = {}
+    address = ("127.0.0.1", port)
     next_index = 0
 
-    async def worker() -> None:
+    def open_one() -> None:
         nonlocal next_index
-        while next_index < len(envs):
-            index = next_index
-            next_index += 1
-            done: asyncio.Future[None] = loop.create_future()
-            rng = random.Random(seed * 1_000_003 + first_index + index)
-            session = FakeAsterisk(envs[index], keys, rng, done)
-            asked = time.perf_counter()
-            try:
-                await loop.create_connection(session.itself, "127.0.0.1", port)
-            except OSError:
-                results.connect_errors += 1
-                continue
-            results.connect_ms.append((session.sent_at - asked) * 1000)
-            await done
-            results.sessions += 1
-            results.commands += session.commands
-            if session.first_ms is None:
-                results.unanswered += 1
-            else:
-                results.latencies_ms.append(session.first_ms)
-            if session.action == "queue":
-                results.routed_to_queue += 1
+        index = next_index
+        next_index += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = FakeAsterisk(sock, envs[index], random.Random(seed * 1_000_003 + first_index + index))
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            results.connect_errors += 1
+            return
+        live[sock.fileno()] = session
+        poller.register(sock.fileno(), select.EPOLLOUT)
+
+    def finish(fd: int, session: FakeAsterisk) -> None:
+        poller.unregister(fd)
+        del live[fd]
+        session.sock.close()
+        results.sessions += 1
+        results.commands += session.commands
+        if session.first_ms is None:
+            results.unanswered += 1
+        else:
+            results.latencies_ms.append(session.first_ms)
+        if session.action == "queue":
+            results.routed_to_queue += 1
 
     cpu = time.process_time()
     results.started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    while next_index < len(envs) and len(live) < concurrency:
+        open_one()
+    while live:
+        for fd, _events in poller.poll():
+            session = live[fd]
+            if session.sent_at == 0.0:  # connecting
+                if session.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    poller.unregister(fd)
+                    del live[fd]
+                    session.sock.close()
+                    results.connect_errors += 1
+                else:
+                    session.connected()
+                    results.connect_ms.append((session.sent_at - session.asked_at) * 1000)
+                    poller.modify(fd, select.EPOLLIN)
+                    continue
+            else:
+                try:
+                    data = session.sock.recv(65536)
+                except ConnectionError:
+                    data = b""
+                if data:
+                    session.received(data, answers)
+                    continue
+                finish(fd, session)  # the server closed: the session is over
+            if next_index < len(envs):
+                open_one()
     results.finished = time.perf_counter()
     results.cpu_s = time.process_time() - cpu
+    poller.close()
     return results
 
 
@@ -253,7 +320,7 @@ def run_generator(
     quiet_logs()
     conn.send("ready")
     conn.recv()
-    conn.send(asyncio.run(generate(port, envs, keys, concurrency, seed, first)))
+    conn.send(generate(port, envs, keys, concurrency, seed, first))
 
 
 def _receive(conns: list[Connection], sentinels: list[int], timeout: float) -> list[Any]:
@@ -281,14 +348,93 @@ def merge(parts: list[Results]) -> Results:
     return out
 
 
+#: What the ``--floor`` server sends, one line per reply: the commands of a typical session.
+FLOOR_COMMANDS: Final = tuple(
+    Command(name, args).encode()
+    for name, args in [
+        ("ANSWER", ()),
+        ("STREAM FILE", ("fr/decroche/caf-welcome", "")),
+        ("GET DATA", ("fr/decroche/caf-menu", "5000", "1")),
+        ("STREAM FILE", ("fr/decroche/queue-transfer", "")),
+        *(("SET VARIABLE", (name, value)) for name, value in FLOOR_VARIABLES),
+    ]
+)
+
+
+class FloorSession(asyncio.BufferedProtocol):
+    """``--floor``: the cheapest FastAGI server there is, to show what the machine and the
+    generator allow: after the environment block, the next fixed line per reply, then close.
+    No codec, no flow, no time limit."""
+
+    def __init__(self, server: FloorServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.env = b""
+        self.sent = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self.transport is not None
+        if self.sent < 0:
+            self.env += self.server.buffer[:nbytes]
+            if b"\n\n" not in self.env:
+                return
+            self.server.sessions_total += 1
+        self.sent += 1
+        if self.sent < len(FLOOR_COMMANDS):
+            self.transport.write(FLOOR_COMMANDS[self.sent])
+        else:
+            self.transport.close()
+
+
+class FloorServer:
+    """The ``--floor`` server, with the few members of :class:`AGIServer` the bench uses."""
+
+    def __init__(self) -> None:
+        self.buffer = memoryview(bytearray(65536))
+        self.sessions_total = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def stats(self) -> AGIStats:
+        return AGIStats(0, self.sessions_total, 0, 0, 0)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: FloorSession(self), "127.0.0.1", 0, backlog=500)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
 async def serve_and_measure(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     types: Counter[str] = Counter()
 
     def sink(event: CallEvent) -> None:
         types[event.type] += 1
 
-    server = AGIServer(config, None, sink, "127.0.0.1", 0, clock=lambda: THURSDAY_10H)
+    server: AGIServer | FloorServer
+    if args.floor:
+        server = FloorServer()
+    else:
+        server = AGIServer(config, None, sink, "127.0.0.1", 0, clock=lambda: THURSDAY_10H)
     await server.start()
+    # As ``Controller.start`` does once everything is built: what lives as long as the
+    # process is kept out of the collector's way.
+    gc.collect()
+    gc.freeze()
     recorded = read_fastagi(FIXTURES / "answered" / "fastagi.txt")[0]
     envs = environments(recorded.env, sorted(config.services), args.sessions, args.seed)
     keypad = Keypad.from_config(config)
@@ -352,6 +498,7 @@ async def serve_and_measure(args: argparse.Namespace, config: Config) -> dict[st
         "generator_cpu_ms_per_session": round(results.cpu_s * 1000 / max(1, results.sessions), 3),
         "max_sessions": config.agi.max_sessions,
         "generators": args.generators,
+        "server": "floor" if args.floor else "ivr",
         "seed": args.seed,
         "loadavg_1m_before": args.loadavg,
     }
@@ -366,6 +513,11 @@ def main(argv: list[str] | None = None) -> int:
         "--generators", type=int, default=1, help="load generator processes (one per spare core)"
     )
     parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure a do-nothing server instead (what the machine and the generator allow)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.sessions < 1 or args.generators < 1 or args.concurrency < args.generators:

@@ -26,10 +26,29 @@ import pytest
 import structlog
 
 from ivr.agi.server import AGIServer
-from ivr.agi.session import AGISession
+from ivr.agi.session import AGISession, Outcome
 from ivr.config import Config, default_config
 from ivr.domain.events import CallEvent
-from ivr.domain.ivr_ops import CallInfo, Clock, EventSink, Flow
+from ivr.domain.ivr_ops import (
+    HUNG_UP,
+    OK,
+    CallbackRecorded,
+    CallInfo,
+    CheckOverflow,
+    Clock,
+    Decision,
+    EventSink,
+    Flow,
+    OverflowAdvice,
+    Play,
+    RecordCallback,
+    Request,
+    ServiceFlow,
+    StepResult,
+    fallback_reply,
+)
+from ivr.domain.ivr_ops import Reply as ServiceReply
+from ivr.domain.scripts import service_flows
 from ivr.protocol.agi import CLOSED, NEED_DATA, AGIClientConnection, Command, UnknownCommand
 from ivr.recording import read_fastagi
 
@@ -47,6 +66,7 @@ MEDIA = {"ANSWER", "STREAM FILE", "GET DATA", "WAIT FOR DIGIT", "SAY DIGITS", "S
 HANG = "<hangup>"  # in ``dtmf``: the caller hangs up while this GET DATA waits
 HANG_INLINE = "<hangup-inline>"  # same, with Asterisk's HANGUP line before the -1 reply
 TIMEOUT = None
+CLI = "0612345678"
 
 
 def env_for(script: str, uniqueid: str = "1795751216.1", **extra: str) -> dict[str, str]:
@@ -770,3 +790,210 @@ async def test_one_info_line_per_call() -> None:
     assert [(e["event"], e["log_level"]) for e in calls] == [("agi.session_end", "info")]
     assert (calls[0]["outcome"], calls[0]["action"], calls[0]["commands"]) == ("done", "queue", 13)
     assert not [e for e in logs if "uniqueid" in e and e["uniqueid"] != "one-line"]
+
+
+# -- service requests: answered by the server's performer, the channel left alone ----------------
+
+
+class AnsweringService:
+    """A performer for the server: answers after ``hold`` is set, and keeps what was asked."""
+
+    def __init__(self, reply: Callable[[Request], ServiceReply], *, held: bool = False) -> None:
+        self.reply = reply
+        self.asked: list[Request] = []
+        self.answered: list[ServiceReply] = []
+        self.asking = asyncio.Event()
+        self.hold = asyncio.Event()
+        if not held:
+            self.hold.set()
+
+    async def __call__(self, request: Request) -> ServiceReply:
+        self.asked.append(request)
+        self.asking.set()
+        await self.hold.wait()
+        await asyncio.sleep(0.02)  # an answer from Redis takes a turn of the loop or more
+        answer = self.reply(request)
+        self.answered.append(answer)
+        return answer
+
+
+def busy_caf(request: Request) -> ServiceReply:
+    """The callback service of an overloaded ``caf`` queue: offers a callback and records it."""
+    if isinstance(request, CheckOverflow):
+        return OverflowAdvice("callback", ("estimated_wait",), position=5, estimated_wait_s=900.0)
+    if isinstance(request, RecordCallback):
+        return CallbackRecorded(
+            True, "created", callback_id="cb-from-redis", number=request.number, position=6
+        )
+    return fallback_reply(request)
+
+
+class OutcomeServer(AGIServer):
+    """The server, with each session's outcome kept for the test."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.outcomes: list[tuple[Outcome, bool]] = []
+
+    def session_ended(
+        self, session: AGISession, outcome: Outcome, error: str, exc: BaseException | None
+    ) -> None:
+        self.outcomes.append((outcome, session.hung_up))
+        super().session_ended(session, outcome, error, exc)
+
+
+async def test_requests_are_awaited_and_answered_into_the_flow_without_polling() -> None:
+    """The IVR's callback offer over FastAGI: the channel sees the flow's own commands only."""
+    config = server_config()
+    service = AnsweringService(busy_caf)
+    server = AGIServer(
+        config, service_flows(config), None, "127.0.0.1", 0, clock=lambda: THURSDAY_10H, perform=service
+    )
+    async with server:
+        t = await ScriptedAsterisk(
+            server.port,
+            env_for("ivr?service=caf"),
+            dtmf=["3", "#", "1", "1"],
+            variables={"CALLERID(num)": CLI},
+        ).run()
+        await eventually(lambda: server.sessions_active == 0)
+    assert [type(r).__name__ for r in service.asked] == ["FindOpen", "CheckOverflow", "RecordCallback"]
+    # The only variable read is the flow's own (the caller's number): no poll while waiting.
+    assert [c.args for c in t.commands if c.name == "GET VARIABLE"] == [("CALLERID(num)",)]
+    # The recorded callback's reply reached the flow: its id is what the dialplan gets.
+    assert t.variables["IVR_ACTION"] == "callback"
+    assert t.variables["IVR_CALLBACK_ID"] == "cb-from-redis"
+    assert server.stats.failed == 0
+
+
+async def raw_session(
+    port: int, env: Mapping[str, str]
+) -> tuple[AGIClientConnection, asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = AGIClientConnection()
+    writer.write(client.start(env))
+    return client, reader, writer
+
+
+async def next_command(client: AGIClientConnection, reader: asyncio.StreamReader) -> Command | None:
+    """The next command the server sends; None when it closes the connection."""
+    while True:
+        event = client.next_event()
+        if isinstance(event, Command):
+            return event
+        if event is CLOSED:
+            return None
+        assert event is NEED_DATA
+        client.receive_data(await reader.read(4096))
+
+
+def confirming_flow(seen: list[object]) -> Callable[[CallInfo, Clock, EventSink], ServiceFlow]:
+    """Plays a prompt, records a callback, then tells the caller it is done."""
+
+    def flow(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        yield Play("fr/hello")
+        reply = yield RecordCallback(call=call.uniqueid, number=CLI, queue="caf", service="caf")
+        seen.append(reply)
+        assert isinstance(reply, CallbackRecorded)
+        result = yield Play("fr/confirmed")
+        seen.append(result)
+        assert isinstance(result, StepResult)
+        return Decision("callback", "caf", "fr", callback_id=reply.callback_id, hung_up=result.hangup)
+
+    return flow
+
+
+async def test_a_hangup_while_a_request_is_answered_keeps_the_request_and_ends_the_flow() -> None:
+    """HANGUP arrives while the callback is being recorded: recorded once, then the flow sees it."""
+    seen: list[object] = []
+    service = AnsweringService(busy_caf, held=True)
+    server = OutcomeServer(
+        server_config(), {"confirm": confirming_flow(seen)}, None, "127.0.0.1", 0, perform=service
+    )
+    async with server:
+        client, reader, writer = await raw_session(server.port, env_for("confirm"))
+        async with asyncio.timeout(3):
+            assert await next_command(client, reader) == Command("STREAM FILE", ("fr/hello", ""))
+            writer.write(client.reply(200, 0, endpos=14560))
+            await service.asking.wait()
+            writer.write(b"HANGUP\n")  # res_agi.c, run_agi: sent at once while it waits for a command
+            await writer.drain()
+            with pytest.raises(TimeoutError):  # nothing is sent while the request is answered
+                async with asyncio.timeout(0.2):
+                    await next_command(client, reader)
+            service.hold.set()
+            assert await next_command(client, reader) is None  # no prompt to a dead channel: closed
+        writer.close()
+        await eventually(lambda: server.sessions_active == 0)
+    assert len(service.asked) == 1 and len(service.answered) == 1
+    assert seen == [service.answered[0], HUNG_UP]  # the reply first, then the hangup
+    assert server.outcomes == [(Outcome.DONE, True)]
+    assert server.stats.failed == 0
+
+
+async def test_a_request_outlives_its_session_and_delays_the_shutdown() -> None:
+    """Asterisk closes the connection mid-request: the request still completes, once, and
+    ``stop`` waits for it rather than drop it."""
+    seen: list[object] = []
+    service = AnsweringService(busy_caf, held=True)
+    server = OutcomeServer(
+        server_config(), {"confirm": confirming_flow(seen)}, None, "127.0.0.1", 0, perform=service
+    )
+    await server.start()
+    client, reader, writer = await raw_session(server.port, env_for("confirm"))
+    async with asyncio.timeout(3):
+        assert await next_command(client, reader) == Command("STREAM FILE", ("fr/hello", ""))
+        writer.write(client.reply(200, 0, endpos=14560))
+        await service.asking.wait()
+        writer.write(b"HANGUP\n")
+        writer.close()
+        await eventually(lambda: server.sessions_active == 0)
+        stopping = asyncio.create_task(server.stop(grace=2.0))
+        await asyncio.sleep(0.1)
+        assert not stopping.done()  # the request of the ended call still runs
+        service.hold.set()
+        await stopping
+    assert len(service.asked) == 1 and [a.callback_id for a in service.answered] == ["cb-from-redis"]  # type: ignore[union-attr]
+    assert seen == []  # the flow had ended with its session
+    assert server.outcomes == [(Outcome.PEER_CLOSED, True)]
+    assert server.stats.failed == 0
+
+
+async def test_a_request_not_answered_in_time_gets_the_fallback() -> None:
+    seen: list[object] = []
+    service = AnsweringService(busy_caf, held=True)
+    config = server_config(command_timeout_s=0.2)
+    server = AGIServer(config, {"confirm": confirming_flow(seen)}, None, "127.0.0.1", 0, perform=service)
+    with structlog.testing.capture_logs() as logs:
+        async with server:
+            t = await ScriptedAsterisk(server.port, env_for("confirm")).run()
+            service.hold.set()  # answered too late: dropped
+            await eventually(lambda: len(service.answered) == 1)
+    assert seen == [fallback_reply(service.asked[0], "timeout"), OK]
+    assert t.lines == ['STREAM FILE fr/hello ""', 'STREAM FILE fr/confirmed ""']
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["agi.request_timeout"]
+
+
+async def test_a_request_that_fails_gets_the_fallback() -> None:
+    seen: list[object] = []
+
+    async def broken(request: Request) -> ServiceReply:
+        raise ConnectionError("redis went away")
+
+    server = AGIServer(
+        server_config(), {"confirm": confirming_flow(seen)}, None, "127.0.0.1", 0, perform=broken
+    )
+    async with server:
+        t = await ScriptedAsterisk(server.port, env_for("confirm")).run()
+    assert seen == [CallbackRecorded(False, "refused", "error"), OK]
+    assert t.lines[-1] == 'STREAM FILE fr/confirmed ""'
+    assert server.stats.failed == 0
+
+
+async def test_without_a_performer_requests_get_the_fallback_at_once() -> None:
+    seen: list[object] = []
+    server = AGIServer(server_config(), {"confirm": confirming_flow(seen)}, None, "127.0.0.1", 0)
+    async with server:
+        t = await ScriptedAsterisk(server.port, env_for("confirm")).run()
+    assert seen == [CallbackRecorded(False, "refused", "no_service"), OK]
+    assert len(t.commands) == 2

@@ -34,7 +34,6 @@ from ivr.domain.ivr_ops import (
     CONTRACT_VARIABLES,
     HUNG_UP,
     OK,
-    POLL,
     REQUEST_TYPES,
     CallbackDetails,
     CallbackRecorded,
@@ -51,7 +50,6 @@ from ivr.domain.ivr_ops import (
     OpenRequests,
     OverflowAdvice,
     Play,
-    Ready,
     RecordCallback,
     Reply,
     ReportCallback,
@@ -62,7 +60,7 @@ from ivr.domain.ivr_ops import (
     Step,
     StepResult,
     Verbose,
-    answer_requests,
+    answer_inline,
     drive,
     fallback_reply,
     run_sync,
@@ -661,7 +659,9 @@ def test_plain_flows_answer_requests_with_the_fallback(config: Config) -> None:
         default_flows(config)["callback-greet"](call, lambda: THURSDAY_10H, events.append), Line([])
     )
     assert decision.action == "queue" and decision.reason == "callback_unknown"
-    assert not any(isinstance(s, GetVar) and s == POLL for s in steps)
+    # Answered inside the flow, at once: the channel sees no request and no wait.
+    assert not any(isinstance(s, REQUEST_TYPES) for s in steps)
+    assert [s for s in steps if isinstance(s, GetVar)] == []
 
 
 # -- any keys, any service answer: a human or a recorded callback --------------------------------
@@ -699,76 +699,16 @@ def test_any_keys_end_with_a_human_or_a_recorded_callback(
 # -- the adapter for a driver that only knows channel steps ---------------------------------------
 
 
-@dataclass
-class Later:
-    """A request answered after ``polls`` polls (or failing)."""
-
-    reply: Reply | None
-    polls: int
-    error: bool = False
-    seen: int = 0
-
-    def done(self) -> bool:
-        self.seen += 1
-        return self.seen > self.polls
-
-    def result(self) -> Reply:
-        if self.error or self.reply is None:
-            raise RuntimeError("redis went away")
-        return self.reply
-
-
-def _bridged(
-    config: Config, start: Callable[[Request], Any], clock: Callable[[], float]
-) -> tuple[Decision, list[Step], Line]:
-    line = Line([keys("3"), POUND, keys("1"), keys("1")])
-    events: list[CallEvent] = []
+def test_answer_inline_answers_at_once_and_passes_the_channel_steps_through(config: Config) -> None:
+    inputs = [keys("3"), POUND, keys("1"), keys("1")]
+    reference = run_script(config, "ivr", Line(list(inputs)))
+    line = Line(list(inputs))
     call = CallInfo("1795751216.7", "ivr", query={"service": "caf"})
-    flow = answer_requests(
-        service_flows(config)["ivr"](call, lambda: THURSDAY_10H, events.append),
-        start,
-        clock=clock,
-        timeout_s=5.0,
-    )
+    flow = answer_inline(service_flows(config)["ivr"](call, lambda: THURSDAY_10H, [].append), line.reply)
     decision, steps = run_sync(flow, line)  # the driver sees channel steps only
-    return decision, steps, line
-
-
-def test_answer_requests_polls_the_channel_until_the_answer_is_there(config: Config) -> None:
-    line = Line([])
-
-    def start(request: Request) -> Later:
-        return Later(line.reply(request), polls=3)
-
-    decision, steps, _ = _bridged(config, start, lambda: 0.0)
-    assert not any(isinstance(s, REQUEST_TYPES) for s in steps)
-    assert sum(1 for s in steps if s == POLL) == 3 * len(line.asked)  # FindOpen, overflow, record
-    assert decision.action == "callback"
-
-
-def test_answer_requests_gives_up_at_the_timeout_and_promises_nothing(config: Config) -> None:
-    now = [0.0]
-
-    def clock() -> float:
-        now[0] += 1.0
-        return now[0]
-
-    decision, steps, _ = _bridged(config, lambda r: Later(None, polls=10**9), clock)
-    assert decision.action == "queue"  # no overflow advice, nothing offered
-    assert 0 < sum(1 for s in steps if s == POLL) < 20
-
-
-def test_answer_requests_turns_a_failure_into_the_fallback(config: Config) -> None:
-    line = Line([])
-
-    def start(request: Request) -> Later | Ready:
-        if isinstance(request, RecordCallback):
-            return Later(None, polls=1, error=True)
-        return Ready(line.reply(request))
-
-    decision, steps, _ = _bridged(config, start, lambda: 0.0)
-    assert fr(P.failed) in [s.prompt for s in steps if isinstance(s, Play)]
-    assert decision.action == "queue"
+    assert steps == [s for s in reference.steps if not isinstance(s, REQUEST_TYPES)]
+    assert line.asked == reference.line.asked and len(line.asked) == 3  # FindOpen, overflow, record
+    assert decision == reference.decision and decision.action == "callback"
 
 
 # -- against the real service and Redis -----------------------------------------------------------

@@ -41,7 +41,22 @@ from ivr.agi.server import AGIServer
 from ivr.ami.client import AMIClient
 from ivr.ami.errors import ActionError, LoginError
 from ivr.config import default_config
-from ivr.domain.ivr_ops import CallInfo, Clock, Decision, EventSink, Flow, SetVar
+from ivr.domain.ivr_ops import (
+    HUNG_UP,
+    CallbackRecorded,
+    CallInfo,
+    CheckOverflow,
+    Clock,
+    Decision,
+    EventSink,
+    Flow,
+    OverflowAdvice,
+    RecordCallback,
+    Request,
+    ServiceFlow,
+    SetVar,
+)
+from ivr.domain.ivr_ops import Reply as ServiceReply
 from ivr.protocol import agi
 from ivr.protocol.agi import NEED_DATA, AGIEnvironment, AGIServerConnection, Reply
 from ivr.protocol.ami import Event
@@ -344,3 +359,79 @@ async def test_agi_server_and_the_dialplan_contract(asterisk: AsteriskProcess, a
     assert ("IVR_QUEUE", "carsat") in variables and ("IVR_PRIO", "3") in variables
     assert ("QUEUESTATUS", "JOINEMPTY") in variables
     assert server.stats.sessions_total == 2 and server.stats.failed == 0
+
+
+@pytest.mark.asterisk
+@needs_asterisk
+async def test_asterisk_waits_while_a_service_request_is_answered(
+    asterisk: AsteriskProcess, ami: AMIClient
+) -> None:
+    """ivr.agi.server: a request answered in 1.5 s, nothing sent meanwhile; the reply decides."""
+    asked: list[Request] = []
+
+    def ivr(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        advice = yield CheckOverflow("cpam", call.uniqueid)
+        assert isinstance(advice, OverflowAdvice)
+        reason = f"advice-{advice.offer}"
+        return (yield from _decide(Decision(action="hangup", service="cpam", lang="fr", reason=reason)))
+
+    async def perform(request: Request) -> ServiceReply:
+        asked.append(request)
+        await asyncio.sleep(1.5)  # Redis far away: Asterisk just waits for the next command
+        return OverflowAdvice("callback", ("estimated_wait",))
+
+    server = AGIServer(default_config(), flows={"ivr": ivr}, port=asterisk.config.agi_port, perform=perform)
+    async with server:
+        await originate_inbound(ami, "0199000004")
+        events = await events_until_gone(ami, "0199000004", timeout=20.0)
+
+    assert len(asked) == 1
+    variables = [(e.get("Variable"), e.get("Value")) for e in events if e.name == "VarSet"]
+    assert ("IVR_REASON", "advice-callback") in variables  # set after the wait, by the reply
+    assert server.stats.sessions_total == 1 and server.stats.failed == 0
+
+
+@pytest.mark.asterisk
+@needs_asterisk
+async def test_a_caller_gone_during_a_request_keeps_it_and_the_flow_sees_the_hangup_after(
+    asterisk: AsteriskProcess, ami: AMIClient
+) -> None:
+    """The channel is hung up while a callback is recorded: recorded once, then HUNG_UP."""
+    asked: list[Request] = []
+    seen: list[object] = []
+    flow_done = asyncio.Event()
+
+    channels: list[str] = []
+
+    def ivr(call: CallInfo, clock: Clock, sink: EventSink) -> ServiceFlow:
+        channels.append(call.channel)
+        reply = yield RecordCallback(call.uniqueid, "0612345678", "cpam", "cpam")
+        seen.append(reply)
+        result = yield SetVar("IVR_ACTION", "callback")
+        seen.append(result)
+        flow_done.set()
+        return Decision(action="callback", service="cpam", lang="fr", hung_up=result.hangup)
+
+    async def perform(request: Request) -> ServiceReply:
+        asked.append(request)
+        assert isinstance(request, RecordCallback)
+        channel = next(c for c in channels if c.endswith(";2"))
+        await ami.action("Hangup", [("Channel", channel)])
+        (session,) = server._sessions
+        async with asyncio.timeout(5):
+            while not session.hung_up:  # noqa: ASYNC110 -- Asterisk's HANGUP line, read by the session
+                await asyncio.sleep(0.02)
+        return CallbackRecorded(True, "created", callback_id="cb-real")
+
+    server = AGIServer(default_config(), flows={"ivr": ivr}, port=asterisk.config.agi_port, perform=perform)
+    async with server:
+        await originate_inbound(ami, "0199000001")
+        events = await events_until_gone(ami, "0199000001", timeout=20.0)
+        async with asyncio.timeout(5):
+            await flow_done.wait()
+
+    assert len(asked) == 1
+    assert seen == [CallbackRecorded(True, "created", callback_id="cb-real"), HUNG_UP]
+    # Nothing was set on the dead channel: the flow learnt of the hangup at its next step.
+    assert not any(e.name == "VarSet" and e.get("Variable") == "IVR_ACTION" for e in events)
+    assert server.stats.failed == 0

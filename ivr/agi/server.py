@@ -25,9 +25,15 @@ Robustness, because every session is a caller waiting in silence:
   finish until the grace deadline, then drop the rest.
 
 Routing: the script name of ``agi_network_script`` (query string apart) picks a flow
-factory from ``flows`` (by default :func:`ivr.domain.scripts.default_flows`: ``ivr``,
-``after-queue``, ``exit-key``, ``survey``). An unknown script is logged, told on the
-Asterisk console and hung up.
+factory from ``flows`` (by default the shipped scripts of :func:`ivr.domain.scripts.service_flows`
+run without the service). An unknown script is logged, told on the Asterisk console and
+hung up.
+
+Service requests of the flows (callbacks, appointments) are answered by ``perform`` (the
+controller's); without one, each gets its fallback reply at once (nothing offered, nothing
+promised). Requests still running when a session ends run to their end, and
+:meth:`AGIServer.stop` waits for them within the grace period: a callback a caller asked
+for just before hanging up is not lost to a shutdown.
 """
 
 from __future__ import annotations
@@ -36,19 +42,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from ivr.agi.session import AGISession, Outcome
+from ivr.agi.session import READ_SIZE, AGISession, Outcome
 from ivr.config import Config
+from ivr.domain import ivr_ops
 from ivr.domain.events import CallEvent
-from ivr.domain.ivr_ops import CallInfo, Clock, EventSink, Flow, refuse
-from ivr.domain.scripts import FlowFactory, default_flows
+from ivr.domain.ivr_ops import CallInfo, Clock, EventSink, Flow, Request, ServiceFlow, fallback_reply, refuse
+from ivr.domain.scripts import AnyFlowFactory, service_flows
 from ivr.logs import get_logger
 from ivr.protocol.agi import AGIEnvironment
 
-__all__ = ["AGIServer", "AGIStats", "call_info"]
+__all__ = ["AGIServer", "AGIStats", "Performer", "call_info"]
+
+#: Answers a flow's service request (``Controller.perform``). An exception, a cancellation or no
+#: answer within ``[agi] command_timeout_s`` gives the flow the request's fallback reply.
+Performer = Callable[[Request], Awaitable[ivr_ops.Reply]]
 
 log = get_logger(__name__)
 #: structlog hands our lines to this stdlib logger, whose level decides (``filter_by_level``):
@@ -91,7 +102,9 @@ _OUTCOME_EVENTS: Final[dict[Outcome, str]] = {
 class AGIServer:
     """``AGIServer(config, flows, event_sink, host, port)``; ``await start()``, ``await stop()``.
 
-    ``flows`` maps script names to flow factories (None: the shipped four);
+    ``flows`` maps script names to flow factories, plain or service flows (None: the
+    shipped scripts, without the service); ``perform`` answers the service requests (None:
+    every request gets its fallback reply);
     ``event_sink`` receives every :class:`CallEvent` (None: dropped); ``host``/``port``
     override ``[agi]`` (port 0 picks a free one, see :attr:`port`); ``clock`` gives the
     time the flows see (opening hours, event times): the simulator passes its own.
@@ -100,15 +113,21 @@ class AGIServer:
     def __init__(
         self,
         config: Config,
-        flows: Mapping[str, FlowFactory] | None = None,
+        flows: Mapping[str, AnyFlowFactory] | None = None,
         event_sink: EventSink | None = None,
         host: str | None = None,
         port: int | None = None,
         *,
         clock: Clock = time.time,
+        perform: Performer | None = None,
     ) -> None:
         self.config = config
-        self.flows: Mapping[str, FlowFactory] = default_flows(config) if flows is None else flows
+        self.flows: Mapping[str, AnyFlowFactory] = (
+            service_flows(config, services=False) if flows is None else flows
+        )
+        self._perform = perform
+        self._requests: set[asyncio.Future[ivr_ops.Reply]] = set()  # still running
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sink = event_sink
         self.host = config.agi.host if host is None else host
         self._port = config.agi.port if port is None else port
@@ -145,7 +164,10 @@ class AGIServer:
             raise RuntimeError("AGI server already started")
         self._closing = False
         agi_cfg = self.config.agi
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        # One read buffer for every session of this loop: each read is parsed (copied) by its
+        # session before the next read starts.
+        read_buffer = memoryview(bytearray(READ_SIZE))
 
         def new_session() -> AGISession:
             return AGISession(
@@ -154,6 +176,7 @@ class AGIServer:
                 env_timeout=agi_cfg.env_timeout_s,
                 command_timeout=agi_cfg.command_timeout_s,
                 media_timeout=agi_cfg.media_timeout_s,
+                read_buffer=read_buffer,
             )
 
         # A burst of calls connects at once: a listen backlog below max_sessions makes the
@@ -190,6 +213,9 @@ class AGIServer:
             for session in list(self._connections):
                 if session.transport is not None:
                     session.transport.abort()
+        if self._requests:  # requests of ended calls: recorded, not dropped half-way
+            log.info("agi.requests_finishing", requests=len(self._requests))
+            await asyncio.wait(set(self._requests), timeout=max(deadline, 1.0))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5.0)
         self._server = None
@@ -243,7 +269,7 @@ class AGIServer:
         self.sessions_total += 1
         return True
 
-    def open_flow(self, session: AGISession, env: AGIEnvironment) -> Flow:
+    def open_flow(self, session: AGISession, env: AGIEnvironment) -> Flow | ServiceFlow:
         call = call_info(env)
         if _level.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -254,6 +280,21 @@ class AGIServer:
             log.warning("agi.unknown_script", script=call.script, known=sorted(self.flows))
             return refuse("unknown_script", f"decroche: unknown FastAGI script {call.script!r}")
         return factory(call, self.clock, self._emit)
+
+    def perform(self, session: AGISession, request: Request) -> asyncio.Future[ivr_ops.Reply]:
+        loop = self._loop
+        assert loop is not None
+        performer = self._perform
+        if performer is None:
+            future: asyncio.Future[ivr_ops.Reply] = loop.create_future()
+            future.set_result(fallback_reply(request, "no_service"))
+            return future
+        # Created in the session's context: the request's own log lines carry the call's id.
+        task = asyncio.ensure_future(performer(request), loop=loop)
+        if not task.done():
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+        return task
 
     def session_ended(
         self, session: AGISession, outcome: Outcome, error: str, exc: BaseException | None

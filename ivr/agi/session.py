@@ -1,7 +1,7 @@
-"""One FastAGI connection: an :class:`asyncio.Protocol` that drives a flow from the loop's callbacks.
+"""One FastAGI connection: an asyncio protocol that drives a flow from the loop's callbacks.
 
 A flow (``ivr.domain.ivr_ops``) is a generator of steps. :class:`AGISession` turns each
-step into one AGI command, writes it, and when the reply arrives (``data_received``) turns
+step into one AGI command, writes it, and when the reply arrives (``buffer_updated``) turns
 it into the step's result and resumes the flow at once, in the same callback. There is no
 task, future, stream reader or per-command timeout object per session: at 500 concurrent
 calls that machinery cost more CPU than the IVR itself, and the queueing it caused is what
@@ -16,6 +16,14 @@ per session enforces them: sending a command only moves the session's deadline, 
 timer, when it fires early, re-arms itself for the current deadline (re-arming on every
 command would allocate a timer handle per command and fill the loop's heap with cancelled
 ones). Bytes arriving do not move the deadline: a trickling client is cut at it.
+
+Reads: the session is a :class:`asyncio.BufferedProtocol` reading into a buffer its owner
+lends (one per server: the codec copies what it is handed before the callback returns, so
+sessions of one loop can share it). A plain protocol has the transport allocate a
+``bytes`` of 256 KiB per read (``max_size`` in asyncio's selector transport) to carry a
+30-byte reply; depending on the allocator's state that costs more than the read itself
+(glibc, fresh process: 15 us per read against 3 us). The environment block is read as
+soon as the connection is made (:meth:`AGISession._read_early`).
 
 Writes: a command is written without waiting for the transport to drain; one command at a
 time is outstanding, so a session buffers at most one line (< 8 KiB, ``AGI_BUF_LEN``). If
@@ -35,6 +43,18 @@ reply. So after a ``-1`` the session sends one cheap probe, ``GET VARIABLE
 CHANNEL(state)`` (answered even on a dead channel): if the ``HANGUP`` line comes with its
 reply, the caller is gone; if not, the prompt failed and the flow retries it as a failed
 attempt. Once the caller is known gone, the session sends nothing more.
+
+Service requests: a flow may also yield a request for the callback service or the
+appointment store (``ivr.domain.ivr_ops``: "record this callback", "free slots?"). The
+session hands it to its owner (:meth:`SessionOwner.perform`), sends nothing on the channel
+while it is answered, and resumes the flow with the reply from the answer's own callback.
+The channel needs nothing meanwhile: Asterisk waits for the next command as long as it
+takes (``run_agi`` in res_agi.c blocks on the socket between commands). A caller hanging up
+meanwhile does not cancel the request -- a callback recorded as the caller leaves still
+stands, and it is recorded once -- Asterisk's ``HANGUP`` line (sent at once when the channel
+dies while it waits for a command, res_agi.c) is noted, and the flow learns of it at its
+next channel step. A request not answered within ``command_timeout`` gives the flow the
+request's fallback reply (nothing promised); its answer, when it comes, is dropped.
 """
 
 from __future__ import annotations
@@ -42,14 +62,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-from collections.abc import Callable
-from typing import Final, Protocol
+import os
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol, cast
 
 import structlog
 
+from ivr.domain import ivr_ops
 from ivr.domain.ivr_ops import (
     HUNG_UP,
     OK,
+    REQUEST_TYPES,
     Answer,
     Decision,
     Flow,
@@ -57,11 +80,14 @@ from ivr.domain.ivr_ops import (
     GetVar,
     Hangup,
     Play,
+    Request,
     SayDigits,
+    ServiceFlow,
     SetVar,
     Step,
     StepResult,
     Verbose,
+    fallback_reply,
 )
 from ivr.logs import get_logger
 from ivr.protocol import agi
@@ -76,14 +102,21 @@ from ivr.protocol.agi import (
 )
 from ivr.protocol.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["AGISession", "Outcome", "SessionOwner"]
+__all__ = ["READ_SIZE", "AGISession", "Outcome", "SessionOwner"]
 
 log = get_logger(__name__)
 
+#: Bytes read at most at once (a reply is a line; the environment block, a few hundred bytes).
+READ_SIZE: Final = 64 * 1024
+#: ``os.readv`` where the platform has it (POSIX), for :meth:`AGISession._read_early`.
+_readv: Final = getattr(os, "readv", None)
 #: Read after an ambiguous ``result=-1`` to let a pending ``HANGUP`` line show itself.
 PROBE_VARIABLE: Final = "CHANNEL(state)"
 FAILED: Final = StepResult(failed=True)
 _PROBE: Final = agi.get_variable(PROBE_VARIABLE)
+#: What a flow may still yield once the caller is gone: steps answered on a dead channel,
+#: and service requests (the flow learns of the hangup at its next channel step).
+_AFTER_HANGUP: Final = frozenset({GetVar, Verbose, *REQUEST_TYPES})
 
 
 class Outcome(enum.Enum):
@@ -121,8 +154,17 @@ class SessionOwner(Protocol):
         """Whether this connection may open a session (False: it is dropped at once)."""
         ...
 
-    def open_flow(self, session: AGISession, env: AGIEnvironment) -> Flow:
+    def open_flow(self, session: AGISession, env: AGIEnvironment) -> Flow | ServiceFlow:
         """The flow for the call, once its environment is read (the uniqueid is bound)."""
+        ...
+
+    def perform(self, session: AGISession, request: Request) -> Awaitable[ivr_ops.Reply]:
+        """Answer a service request of the flow (called in the session's logging context).
+
+        The session never cancels it: once asked, a request runs to its end even if the
+        caller hangs up or the session ends, so the owner should keep it referenced until
+        then. A done future is taken at once, without a turn of the loop.
+        """
         ...
 
     def session_ended(
@@ -139,7 +181,7 @@ class SessionOwner(Protocol):
 ReplyHandler = Callable[["AGISession", Reply], StepResult | None]
 
 
-class AGISession(asyncio.Protocol):
+class AGISession(asyncio.BufferedProtocol):
     """The controller's side of one FastAGI connection, flow included.
 
     Attributes read by the owner: ``peer``, ``env`` (None until read), ``decision`` (the
@@ -161,6 +203,9 @@ class AGISession(asyncio.Protocol):
         "_loop",
         "_on_reply",
         "_paused",
+        "_pending",
+        "_read_buffer",
+        "_request",
         "_step",
         "_timer",
         "_timer_at",
@@ -185,8 +230,10 @@ class AGISession(asyncio.Protocol):
         env_timeout: float,
         command_timeout: float,
         media_timeout: float,
+        read_buffer: memoryview | None = None,
     ) -> None:
         self.owner = owner
+        self._read_buffer = memoryview(bytearray(READ_SIZE)) if read_buffer is None else read_buffer
         self.env_timeout = env_timeout
         self.command_timeout = command_timeout
         self.media_timeout = media_timeout
@@ -200,13 +247,16 @@ class AGISession(asyncio.Protocol):
         self._loop = asyncio.get_running_loop() if loop is None else loop
         self._ctx = contextvars.copy_context()
         self._done = False
-        self._flow: Flow | None = None
+        self._flow: ServiceFlow | None = None
         # The outstanding command: what it was for, how its reply becomes a step result.
-        self._step: Step | None = None
+        self._step: Step | Request | None = None
         self._on_reply: ReplyHandler | None = None
         self._command: Command | None = None
         self._limit = 0.0
         self._failed_reply: Reply | None = None  # a -1 awaiting its probe
+        # The service request being answered instead, and its answer.
+        self._request: Request | None = None
+        self._pending: asyncio.Future[ivr_ops.Reply] | None = None
         # Time limit: the deadline of what we wait for, and the one timer that enforces it.
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -227,7 +277,8 @@ class AGISession(asyncio.Protocol):
     # -- transport callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's are not registered as asyncio.Transport subclasses).
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
@@ -236,11 +287,38 @@ class AGISession(asyncio.Protocol):
             transport.abort()
             return
         self._set_deadline(self._loop.time() + self.env_timeout)
+        self._read_early(transport)
 
-    def data_received(self, data: bytes) -> None:
+    def _read_early(self, transport: asyncio.Transport) -> None:
+        """Read what is already there (the environment block, usually) without waiting for the
+        loop to poll the socket.
+
+        Asterisk writes the block as soon as it has connected, so by the time the loop has
+        accepted the connection and built its transport the block has arrived. Read here, it
+        gets the first command out one turn of the loop sooner: under load a turn is every
+        other session's reply, and that wait is the silence a caller hears before the first
+        prompt. The transport starts reading only once this callback has returned
+        (``_SelectorSocketTransport.__init__`` in asyncio's selector_events.py schedules its
+        reader after ``connection_made``), so no byte is read twice or out of order. Nothing
+        there yet, or an error: the transport reads or reports it as usual.
+        """
+        sock = transport.get_extra_info("socket")
+        if sock is None or _readv is None:
+            return
+        try:
+            nbytes = _readv(sock.fileno(), [self._read_buffer])
+        except OSError:
+            return
+        if nbytes:
+            self.buffer_updated(nbytes)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._done:
             return
-        self.conn.receive_data(data)
+        self.conn.receive_data(self._read_buffer[:nbytes])  # copied: the buffer is shared
         self._ctx.run(self._pump)
 
     def eof_received(self) -> bool:
@@ -293,7 +371,7 @@ class AGISession(asyncio.Protocol):
                 elif type(event) is HangupNotice:
                     log.debug("agi.hangup_notice", pending=self._command.name if self._command else None)
                 elif event is CLOSED:
-                    pending = self._command.name if self._on_reply and self._command else None
+                    pending = self._pending_name()
                     self._end(
                         Outcome.PEER_CLOSED,
                         f"closed while {pending} was pending" if pending else "closed by the peer",
@@ -314,13 +392,20 @@ class AGISession(asyncio.Protocol):
         self.started = self._loop.time()
         # Inside self._ctx: every later callback of this session sees the binding.
         structlog.contextvars.bind_contextvars(uniqueid=env.uniqueid, agi_script=env.script)
-        self._flow = self.owner.open_flow(self, env)
+        # A plain flow is a service flow that never yields a request, so is never sent a reply.
+        self._flow = cast(ServiceFlow, self.owner.open_flow(self, env))
         self._advance(None)
+
+    def _pending_name(self) -> str | None:
+        """What the session waits for: a command's name, a request's type, or None."""
+        if self._pending is not None and self._request is not None:
+            return self._request.__class__.__name__
+        return self._command.name if self._on_reply and self._command else None
 
     # -- the flow --------------------------------------------------------------------------------
 
-    def _advance(self, result: StepResult | None) -> None:
-        """Resume the flow with ``result`` until it needs an answer from Asterisk, or ends."""
+    def _advance(self, result: StepResult | ivr_ops.Reply | None) -> None:
+        """Resume the flow with ``result`` until it needs an answer (Asterisk's, a request's), or ends."""
         flow = self._flow
         assert flow is not None
         try:
@@ -334,38 +419,56 @@ class AGISession(asyncio.Protocol):
             self.decision = stop.value
             self._end(Outcome.DONE, "")
 
-    def _begin(self, step: Step) -> StepResult | None:
-        """Send the command of ``step``; a result now if none is needed (the caller is gone)."""
+    def _begin(self, step: Step | Request) -> StepResult | ivr_ops.Reply | None:
+        """Send the command of ``step`` (or ask for a request's answer); a result now if one
+        is there already (the caller is gone, the request answered at once)."""
         kind = step.__class__
-        if self.conn.hung_up and kind is not GetVar and kind is not Verbose:
+        if self.conn.hung_up and kind not in _AFTER_HANGUP:
             return HUNG_UP  # the caller is gone: no more media, no more variables
-        self._step = step
-        if kind is SetVar:
-            assert isinstance(step, SetVar)
-            self._send(agi.set_variable(step.name, step.value), self.command_timeout, _setvar_reply)
-        elif kind is GetDigits:
-            assert isinstance(step, GetDigits)
-            command = agi.get_data(step.prompt, step.timeout_ms, step.max_digits)
-            self._send(command, self.media_timeout + step.timeout_ms / 1000, _digits_reply)
-        elif kind is Play:
-            assert isinstance(step, Play)
-            self._send(agi.stream_file(step.prompt), self.media_timeout, _media_reply)
-        elif kind is Answer:
-            self._send(agi.answer(), self.media_timeout, _media_reply)
-        elif kind is SayDigits:
-            assert isinstance(step, SayDigits)
-            self._send(agi.say_digits(step.digits), self.media_timeout, _media_reply)
-        elif kind is GetVar:
-            assert isinstance(step, GetVar)
-            self._send(agi.get_variable(step.name), self.command_timeout, _getvar_reply)
-        elif kind is Verbose:
-            assert isinstance(step, Verbose)
-            self._send(agi.verbose(step.message), self.command_timeout, _ok_reply)
-        elif kind is Hangup:
-            self._send(agi.hangup(), self.command_timeout, _ok_reply)
-        else:
-            raise TypeError(f"unknown step {step!r}")
+        if kind in _REQUEST_KINDS:
+            return self._ask(cast(Request, step))
+        channel_step = cast(Step, step)
+        plan = _PLANS.get(channel_step)
+        if plan is None:
+            plan = _plan(channel_step)
+        command, on_reply, media, extra = plan
+        self._step = channel_step
+        self._send(command, self.media_timeout + extra if media else self.command_timeout, on_reply)
         return None
+
+    # -- service requests ------------------------------------------------------------------------
+
+    def _ask(self, request: Request) -> ivr_ops.Reply | None:
+        """Have the owner answer ``request``: its reply now if it is there, else None (the
+        flow resumes from the answer's callback, or at the deadline with the fallback)."""
+        try:
+            future = asyncio.ensure_future(self.owner.perform(self, request), loop=self._loop)
+        except Exception as exc:
+            return _failed_request(request, exc)
+        if future.done():
+            return _reply_of(request, future)
+        self._request = request
+        self._pending = future
+        self._set_deadline(self._loop.time() + self.command_timeout)
+        future.add_done_callback(self._answered, context=self._ctx)
+        return None
+
+    def _answered(self, future: asyncio.Future[ivr_ops.Reply]) -> None:
+        if future is not self._pending or self._done:
+            return  # timed out, or the session ended: the request itself did complete
+        request = self._request
+        assert request is not None
+        self._pending = self._request = None
+        self._resume(_reply_of(request, future))
+
+    def _resume(self, answer: ivr_ops.Reply) -> None:
+        """Send a request's answer into the flow, outside :meth:`_pump`'s guard."""
+        try:
+            self._advance(answer)
+        except LocalProtocolError as exc:
+            self._end(Outcome.PROTOCOL_ERROR, str(exc))
+        except Exception as exc:
+            self._end(Outcome.FLOW_FAILED, repr(exc), exc)
 
     def _send(self, command: Command, limit: float, on_reply: ReplyHandler) -> None:
         data = self.conn.send(command)
@@ -418,8 +521,17 @@ class AGISession(asyncio.Protocol):
                 self._end, Outcome.ENV_TIMEOUT, f"no complete environment within {self.env_timeout} s"
             )
             return
+        request = self._request
+        if request is not None:  # the flow goes on without the answer, promising nothing
+            self._pending = self._request = None
+            self._ctx.run(self._request_timed_out, request)
+            return
         name = self._command.name if self._command else "?"
         self._ctx.run(self._end, Outcome.COMMAND_TIMEOUT, f"{name} not answered within {self._limit} s")
+
+    def _request_timed_out(self, request: Request) -> None:
+        log.warning("agi.request_timeout", request=request.__class__.__name__, limit_s=self.command_timeout)
+        self._resume(fallback_reply(request, "timeout"))
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -435,6 +547,7 @@ class AGISession(asyncio.Protocol):
             return
         self._done = True
         self._on_reply = None
+        self._pending = self._request = None  # an answer still to come completes unheard
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -455,7 +568,63 @@ class AGISession(asyncio.Protocol):
                     transport.close()
 
 
-# -- replies into step results -------------------------------------------------------------------
+# -- steps into commands ----------------------------------------------------------------------------
+# A flow yields the same few steps over and over (its prompts, its variables): each step's
+# command, reply handler and time limit are worked out once and kept, bounded, so that a
+# command costs a lookup rather than a builder, a dataclass and an encoding.
+
+#: ``(command, reply handler, plays media, seconds added to the media limit)``
+Plan = tuple[Command, "ReplyHandler", bool, float]
+_PLANS: Final[dict[Step, Plan]] = {}
+_PLANS_MAX: Final = 4096
+_REQUEST_KINDS: Final = frozenset(REQUEST_TYPES)
+
+
+def _plan(step: Step) -> Plan:
+    plan: Plan
+    if isinstance(step, SetVar):
+        plan = (agi.set_variable(step.name, step.value), _setvar_reply, False, 0.0)
+    elif isinstance(step, GetDigits):
+        command = agi.get_data(step.prompt, step.timeout_ms, step.max_digits)
+        plan = (command, _digits_reply, True, step.timeout_ms / 1000)
+    elif isinstance(step, Play):
+        plan = (agi.stream_file(step.prompt), _media_reply, True, 0.0)
+    elif isinstance(step, Answer):
+        plan = (agi.answer(), _media_reply, True, 0.0)
+    elif isinstance(step, SayDigits):
+        plan = (agi.say_digits(step.digits), _media_reply, True, 0.0)
+    elif isinstance(step, GetVar):
+        plan = (agi.get_variable(step.name), _getvar_reply, False, 0.0)
+    elif isinstance(step, Verbose):
+        plan = (agi.verbose(step.message), _ok_reply, False, 0.0)
+    elif isinstance(step, Hangup):
+        plan = (agi.hangup(), _ok_reply, False, 0.0)
+    else:
+        raise TypeError(f"unknown step {step!r}")
+    if len(_PLANS) < _PLANS_MAX:
+        _PLANS[step] = plan
+    return plan
+
+
+# -- answers into what the flow is sent -----------------------------------------------------------
+
+
+def _reply_of(request: Request, future: asyncio.Future[ivr_ops.Reply]) -> ivr_ops.Reply:
+    """A done answer's reply; the fallback (nothing promised) if it failed or was cancelled."""
+    if future.cancelled():
+        log.warning("agi.request_cancelled", request=request.__class__.__name__)
+        return fallback_reply(request, "error")
+    exc = future.exception()
+    if exc is not None:
+        return _failed_request(request, exc)
+    return future.result()
+
+
+def _failed_request(request: Request, exc: BaseException) -> ivr_ops.Reply:
+    log.warning("agi.request_failed", request=request.__class__.__name__, error=repr(exc))
+    return fallback_reply(request, "error")
+
+
 # Plain functions, not bound methods: stored per command, they cost no allocation.
 
 

@@ -31,10 +31,10 @@ channel afterwards, so the variable is not part of the always-set list.
 them: it *yields a request* (:data:`Request`, plain data) and gets the reply
 (:data:`Reply`) sent back, exactly like a channel step. Such a flow is a
 :data:`ServiceFlow`. Who answers: :func:`drive` (an async driver with a channel and a
-performer, for tests and a driver that can await), :func:`run_sync` (scripted answers), or
-:func:`answer_requests`, which turns a service flow into a plain :data:`Flow` for a driver
-that only knows channel steps: it starts each request and keeps the channel busy with a
-harmless :class:`GetVar` until the answer is there. Every request has a *fallback reply*
+performer, for tests), the FastAGI session (``ivr.agi.session``: it hands requests to its
+owner and resumes the flow when the answer comes, sending nothing on the channel
+meanwhile), :func:`run_sync` (scripted answers), or :func:`answer_inline`, which answers
+them at once for a driver that only knows channel steps. Every request has a *fallback reply*
 (:func:`fallback_reply`) that means "the service could not answer": nothing recorded,
 nothing offered, and the caller goes on to a human.
 """
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, TypeVar
+from typing import Final, Literal, TypeVar
 
 from ivr.appointments.requests import (
     AppointmentReply,
@@ -61,7 +61,6 @@ __all__ = [
     "CONTRACT_VARIABLES",
     "HUNG_UP",
     "OK",
-    "POLL",
     "REQUEST_TYPES",
     "Answer",
     "CallInfo",
@@ -83,9 +82,7 @@ __all__ = [
     "Hangup",
     "OpenRequests",
     "OverflowAdvice",
-    "Pending",
     "Play",
-    "Ready",
     "RecordCallback",
     "Reply",
     "ReportCallback",
@@ -96,7 +93,7 @@ __all__ = [
     "Step",
     "StepResult",
     "Verbose",
-    "answer_requests",
+    "answer_inline",
     "drive",
     "fallback_reply",
     "prompt_path",
@@ -427,32 +424,6 @@ def fallback_reply(request: Request, reason: str = "unavailable") -> Reply:
     return BookingResult("refused", reason=reason)
 
 
-class Pending(Protocol):
-    """A request being answered (an :class:`asyncio.Future` is one)."""
-
-    def done(self) -> bool: ...
-
-    def result(self) -> Reply: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """A request answered at once (no waiting needed)."""
-
-    reply: Reply
-
-    def done(self) -> bool:
-        return True
-
-    def result(self) -> Reply:
-        return self.reply
-
-
-#: What :func:`answer_requests` sends while a request is being answered: answered at once
-#: by Asterisk, even on a dead channel, and without effect.
-POLL: Final = GetVar("IVR_ACTION")
-
-
 @dataclass(frozen=True, slots=True)
 class CallInfo:
     """What the flow knows of the call from the AGI environment."""
@@ -480,6 +451,8 @@ class EventRecorder:
         self.service = service
         self._started = clock()
         self._seq = 0
+        # make_id's parts but the rank, joined once: a call emits several events.
+        self._id_parts = ("agi", call.uniqueid, call.script, repr(self._started))
         self.emitted: list[CallEvent] = []
 
     def emit(self, type_: str, *, queue: str = "", agent: str = "", **data: Scalar | None) -> CallEvent:
@@ -488,7 +461,7 @@ class EventRecorder:
             type=type_,
             call=self.call.uniqueid,
             ts=self._clock(),
-            id=make_id("agi", self.call.uniqueid, self.call.script, repr(self._started), self._seq),
+            id=make_id(*self._id_parts, self._seq),
             service=self.service,
             queue=queue,
             agent=agent,
@@ -563,52 +536,23 @@ async def drive(
         flow.close()
 
 
-def answer_requests(
-    flow: ServiceFlow,
-    start: Callable[[Request], Pending],
-    *,
-    clock: Clock,
-    timeout_s: float = 10.0,
-    poll: Step = POLL,
-) -> Flow:
-    """A plain :data:`Flow` (channel steps only) that answers ``flow``'s requests itself.
+def answer_inline(flow: ServiceFlow, answer: Callable[[Request], Reply]) -> Flow:
+    """A plain :data:`Flow` that answers ``flow``'s requests itself, at once, with ``answer``.
 
-    ``start(request)`` begins answering (a future, or :class:`Ready`); until it is done the
-    channel gets ``poll`` steps, whose results are ignored -- a caller hanging up meanwhile
-    does not cancel a request the flow already made (a callback confirmed just before the
-    hangup still stands), and the flow learns of the hangup at its next step. A request not
-    answered within ``timeout_s`` (``clock``: a monotonic clock) or whose answer raised gets
-    its :func:`fallback_reply`. This is the adapter for a driver that can only send channel
-    commands; a driver that can await calls :func:`drive` instead.
+    For a driver that knows channel steps only and has no service behind it (``answer``
+    is then :func:`fallback_reply`): nothing waits, so the channel sees the flow's own
+    steps and nothing else.
     """
     try:
         out = next(flow)
         while True:
             if isinstance(out, REQUEST_TYPES):
-                answer: StepResult | Reply = yield from _await_reply(out, start, clock, timeout_s, poll)
+                reply: StepResult | Reply = answer(out)
             else:
-                answer = yield out
-            out = flow.send(answer)
+                reply = yield out
+            out = flow.send(reply)
     except StopIteration as stop:
         decision: Decision = stop.value
         return decision
     finally:
         flow.close()
-
-
-def _await_reply(
-    request: Request, start: Callable[[Request], Pending], clock: Clock, timeout_s: float, poll: Step
-) -> Generator[Step, StepResult, Reply]:
-    try:
-        pending = start(request)
-    except Exception:
-        return fallback_reply(request, "error")
-    deadline = clock() + timeout_s
-    while not pending.done():
-        if clock() >= deadline:
-            return fallback_reply(request, "timeout")
-        yield poll
-    try:
-        return pending.result()
-    except BaseException:  # a failed or cancelled answer: the flow goes on without it
-        return fallback_reply(request, "error")

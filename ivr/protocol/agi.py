@@ -214,7 +214,19 @@ class Command:
     args: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        """The command line as sent, quoting arguments the way ``parse_args`` reads them."""
+        """The command line as sent, quoting arguments the way ``parse_args`` reads them.
+
+        A server sends the same few commands over and over (its prompts, its variables):
+        short lines are encoded once and kept (bounded; a command is immutable).
+        """
+        data = _ENCODED.get(self)
+        if data is None:
+            data = self._encode()
+            if len(data) <= _ENCODED_LINE_MAX and len(_ENCODED) < _ENCODED_MAX:
+                _ENCODED[self] = data
+        return data
+
+    def _encode(self) -> bytes:
         name = self.name
         words = _NAME_WORDS.get(name)
         if words is None:
@@ -241,6 +253,11 @@ class Command:
             )
         return data
 
+
+#: Encoded command lines, by command (see :meth:`Command.encode`).
+_ENCODED: Final[dict[Command, bytes]] = {}
+_ENCODED_MAX: Final = 4096
+_ENCODED_LINE_MAX: Final = 200
 
 #: Word counts of the command names already checked (commands are sent over and over).
 _NAME_WORDS: Final[dict[str, int]] = {}
@@ -593,7 +610,7 @@ class _LineReader:
         self._eof = False
         self._overlong = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if not data:
             self._eof = True
         else:
@@ -808,8 +825,8 @@ class AGIServerConnection:
         except KeyError:
             raise RemoteProtocolError(f"unexpected {what} in state {self.state.value}") from None
 
-    def receive_data(self, data: bytes) -> None:
-        """Buffer bytes from Asterisk; ``b""`` means it closed the connection."""
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Buffer bytes from Asterisk (copied); ``b""`` means it closed the connection."""
         self._lines.feed(data)
 
     @property
