@@ -30,7 +30,7 @@ the same events folded in memory (``compute_report``), so a fast but wrong reade
 
 Prints ``calls``, ``events``, ``seconds`` (best of ``--repeat`` runs, wall clock),
 ``events_per_s``, ``cpu_seconds`` (client process), the untimed ``write_seconds``,
-``hiredis`` (whether redis-py parses replies in C: the reader then uses a plain XRANGE, see
+``hiredis`` (whether redis-py parses replies in C, as the reader expects: see
 ``ivr/storage/reader.py``) and ``load_avg_1m``.
 """
 

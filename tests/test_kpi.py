@@ -649,6 +649,26 @@ def test_bad_and_incomplete_events() -> None:
         KpiSettings(service_level_s=-1)
 
 
+def test_extend_files_as_add_does() -> None:
+    # extend (the bulk path of ivr report) and add (the live path) must file the same events
+    evs = rich_events()
+    odd = [
+        ev("queue.join", "x", math.nan, queue="support"),
+        ev("member.paused", "", T0, queue="support", agent="A"),
+        ev("queue.join", "", T0, queue="support"),
+    ]
+    feed = [*evs, *odd, *evs[:5]]  # the repeats are dropped
+    one, bulk = KpiAccumulator(), KpiAccumulator()
+    assert bulk.extend(feed) == sum(1 for e in feed if one.add(e)) == len(evs)
+    assert (bulk.rejected, len(bulk)) == (one.rejected, len(one)) == (1, len(one))
+    assert bulk.report(include_calls=True) == one.report(include_calls=True)
+    bulk.report()  # summaries cached: a late event must drop its call's one
+    late = ev("survey.answer", evs[-3].call, T0 + 95, source="agi", score=5)
+    one.add(late)
+    assert bulk.extend([late]) == 1
+    assert bulk.report(include_calls=True) == one.report(include_calls=True)
+
+
 def test_forget_before_bounds_memory() -> None:
     acc = KpiAccumulator()
     acc.extend(answered("old", T0 - 100_000) + answered("new", T0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -99,9 +100,9 @@ async def test_bad_arguments(redis_client: redis.asyncio.Redis) -> None:
     assert stream_id_for(-5) == 0
 
 
-async def test_a_batch_that_is_not_utf8_is_read_the_plain_way(redis_url: str, tmp_path: Path) -> None:
-    # The server script returns a batch as JSON, which bytes that are not UTF-8 break: that
-    # batch is read again with XRANGE, the bad entry skipped, the rest of the range kept.
+async def test_an_entry_that_is_not_utf8_is_skipped_alone(redis_url: str, tmp_path: Path) -> None:
+    # Read by position like the writer's entries, the bad one fails alone: skipped, the rest
+    # of its batch and of the range kept, whatever the batch size.
     events = [ev(i, T0 + i) for i in range(6)]
     await store(redis_url, tmp_path, events[:3])
     client = redis.asyncio.Redis.from_url(redis_url)
@@ -118,7 +119,33 @@ async def test_a_batch_that_is_not_utf8_is_read_the_plain_way(redis_url: str, tm
         await client.aclose()
 
 
-async def test_without_scripts_the_reader_falls_back_to_xrange(
+async def test_entries_in_another_field_order_read_the_same(redis_url: str, tmp_path: Path) -> None:
+    # An entry whose fields are not in the writer's order (another tool, a future writer) is
+    # read by name, not by position, and gives the same event.
+    events = [ev(i, T0 + i) for i in range(4)]
+    events[1] = CallEvent(
+        type="call.end", call="c1", ts=T0 + 1, id=make_id("x"), service="caf", data={"outcome": "answered"}
+    )
+    await store(redis_url, tmp_path, events[:1])
+    for decode in (False, True):
+        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=decode)
+        try:
+            if not decode:
+                for e in events[1:3]:
+                    fields: dict[FieldT, EncodableT] = dict(reversed(e.to_fields().items()))
+                    await client.xadd(DEFAULT_KEYS.events, fields, id=f"{stream_id_for(e.ts)}-*")
+                await store(redis_url, tmp_path, events[3:])
+            reader = EventLogReader(client)
+            assert await collect(reader, None, None, batch=3) == events
+            assert reader.skipped == 0
+            # the caller's client still gets redis-py's usual replies
+            entries = await client.xrange(DEFAULT_KEYS.events, count=1)
+            assert isinstance(entries[0][1], dict)
+        finally:
+            await client.aclose()
+
+
+async def test_reads_need_no_scripting(
     redis_url: str, redis_client: redis.asyncio.Redis, tmp_path: Path
 ) -> None:
     events = [ev(i, T0 + i) for i in range(5)]
@@ -150,3 +177,25 @@ async def test_a_reader_left_early_leaves_the_client_usable(
             break
     assert got == events[:4]
     assert await collect(reader, None, None, batch=3) == events
+
+
+async def test_data_the_standard_json_writes_is_read_back(
+    redis_url: str, redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    # The writer's json.dumps writes what stricter decoders refuse: NaN, Infinity, integers
+    # beyond 64 bits. They come back as written, and so do non-ASCII texts.
+    event = CallEvent(
+        type="survey.answer",
+        call="c1",
+        ts=T0,
+        id=make_id("data"),
+        queue="caf",
+        data={"score": float("nan"), "wait_s": float("inf"), "big": 2**70, "note": "très bien"},
+    )
+    await store(redis_url, tmp_path, [event, ev(2, T0 + 1)])
+    reader = EventLogReader(redis_client)
+    got = await collect(reader, None, None)
+    assert reader.skipped == 0 and len(got) == 2 and got[1] == ev(2, T0 + 1)
+    data = got[0].data
+    assert math.isnan(float(data["score"])) and data["wait_s"] == math.inf
+    assert data["big"] == 2**70 and data["note"] == "très bien"

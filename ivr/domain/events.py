@@ -18,7 +18,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 SCHEMA_VERSION: Final = 1
 
@@ -132,17 +134,18 @@ class CallEvent:
             b: Mapping[bytes, bytes] = fields  # type: ignore[assignment]
             get = b.get
             try:
+                v = get(b"v")
                 return cls(
-                    type=b[b"type"].decode(),
-                    call=b[b"call"].decode(),
-                    ts=float(b[b"ts"].decode()),
-                    id=b[b"id"].decode(),
-                    service=get(b"service", b"").decode(),
-                    queue=get(b"queue", b"").decode(),
-                    agent=get(b"agent", b"").decode(),
-                    source=get(b"source", b"ami").decode(),
-                    data=json.loads(get(b"data", b"").decode() or "{}"),
-                    v=int(get(b"v", b"%d" % SCHEMA_VERSION).decode()),
+                    b[b"type"].decode(),
+                    b[b"call"].decode(),
+                    float(b[b"ts"]),  # float() and int() read ASCII bytes as they are
+                    b[b"id"].decode(),
+                    get(b"service", b"").decode(),
+                    get(b"queue", b"").decode(),
+                    get(b"agent", b"").decode(),
+                    get(b"source", b"ami").decode(),
+                    load_data(get(b"data", b"")),
+                    SCHEMA_VERSION if v is None else int(v),
                 )
             except AttributeError:  # some str among the bytes: decode them one by one below
                 pass
@@ -166,6 +169,22 @@ class CallEvent:
             queue=f.get("queue", ""),
             agent=f.get("agent", ""),
             source=f.get("source", "ami"),
-            data=json.loads(f.get("data") or "{}"),
+            data=load_data(f.get("data", "")),
             v=int(f.get("v", SCHEMA_VERSION)),
         )
+
+
+def load_data(text: str | bytes) -> Any:
+    """The ``data`` field of a stored event (:meth:`CallEvent.to_fields`) as a dict; ``{}`` when empty.
+
+    ``orjson`` reads it about five times faster than ``json`` (half a million per day
+    recomputed). What it refuses is tried again with ``json``, the writer's encoder,
+    whose output it must accept in full: ``NaN`` and ``Infinity`` (a data value that is
+    not finite) and integers beyond 64 bits. Text neither reads raises ``ValueError``.
+    """
+    if not text:
+        return {}
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
