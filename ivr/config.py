@@ -33,23 +33,28 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from ivr.domain.hours import HOLIDAY_CALENDARS, Schedule, schedule_from_mapping
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = [
+    "CALLBACK_QUESTIONS",
     "AGIConfig",
     "AMIConfig",
     "AppointmentConfig",
     "AppointmentPrompts",
     "CallbackConfig",
+    "CallbackPrompts",
     "Config",
     "ConfigError",
     "InputSpec",
@@ -119,15 +124,7 @@ class AMIConfig:
 
     def resolve_secret(self, environ: Mapping[str, str] | None = None) -> str:
         """The secret itself: from ``secret_env`` (read now, not at load time) or ``secret``."""
-        env = os.environ if environ is None else environ
-        if self.secret_env is not None:
-            value = env.get(self.secret_env)
-            if not value:
-                raise ConfigError([f"ami.secret_env: environment variable {self.secret_env} is not set"])
-            return value
-        if self.secret is None:
-            raise ConfigError(["ami: neither secret nor secret_env is set"])
-        return self.secret
+        return _resolve_secret("ami", "secret", self.secret, self.secret_env, environ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +168,26 @@ class RedisConfig:
 
     def resolve_hash_key(self, environ: Mapping[str, str] | None = None) -> str:
         """The key that pseudonymises caller numbers (``hash_key_env`` is read now)."""
-        env = os.environ if environ is None else environ
-        if self.hash_key_env is not None:
-            value = env.get(self.hash_key_env)
-            if not value:
-                raise ConfigError(
-                    [f"redis.hash_key_env: environment variable {self.hash_key_env} is not set"]
-                )
-            return value
-        if self.hash_key is None:
-            raise ConfigError(["redis: neither hash_key nor hash_key_env is set"])
-        return self.hash_key
+        return _resolve_secret("redis", "hash_key", self.hash_key, self.hash_key_env, environ)
+
+
+def _resolve_secret(
+    table: str, key: str, inline: str | None, env_name: str | None, environ: Mapping[str, str] | None
+) -> str:
+    """A secret given inline (``key``) or by the environment variable ``key_env`` names.
+
+    The environment is read when the secret is needed, not when the file is loaded, so
+    that the configuration can be checked where the secret is not available.
+    """
+    env = os.environ if environ is None else environ
+    if env_name is not None:
+        value = env.get(env_name)
+        if not value:
+            raise ConfigError([f"{table}.{key}_env: environment variable {env_name} is not set"])
+        return value
+    if inline is None:
+        raise ConfigError([f"{table}: neither {key} nor {key}_env is set"])
+    return inline
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +203,13 @@ class QueueConfig:
     ``timeout_s`` is the ``Queue()`` timeout handed to the dialplan (``IVR_QTIMEOUT``, 0 = none);
     ``exit_key`` what the ``exit-key`` script does when a caller leaves it with a key.
     ``service`` is empty for a shared pool (the ``callback`` queue): menus cannot route there.
+
+    ``announce_position`` / ``announce_wait``: a caller about to wait in the queue, or
+    offered a callback for it, hears its place in line / the estimated wait (None: when the
+    queue offers callbacks, :attr:`announces_position`). ``wrapup_s`` must be the queue's
+    ``wrapuptime`` in queues.conf: after a call app_queue does not ring the agent for that
+    long, and AMI does not tell it (QueueParams has no wrap-up), so the controller must
+    know it to count free agents and handle times right.
     """
 
     name: str
@@ -207,6 +220,17 @@ class QueueConfig:
     max_callers_per_agent: float = 5.0
     offer_callback: bool = False
     exit_key: Literal["requeue", "hangup"] = "requeue"
+    announce_position: bool | None = None
+    announce_wait: bool | None = None
+    wrapup_s: float = 0.0
+
+    @property
+    def announces_position(self) -> bool:
+        return self.offer_callback if self.announce_position is None else self.announce_position
+
+    @property
+    def announces_wait(self) -> bool:
+        return self.offer_callback if self.announce_wait is None else self.announce_wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,10 +379,97 @@ class SurveyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackPrompts:
+    """What the callback offer says (``[callbacks.prompts]``). Names without the language
+    directory, like every prompt.
+
+    Nothing like them exists in Asterisk's core sounds, so they are the deployment's own
+    recordings (``decroche/``); the announcements of position and wait use the core
+    ``queue-*`` sounds and Asterisk's French numbers. The prompts that ask a question
+    (:data:`CALLBACK_QUESTIONS`) must not be empty; the others may be ("" = say nothing).
+    """
+
+    #: Before the options when the queue is overloaded: "Tous nos conseillers sont occupés."
+    busy: str = "decroche/callback-busy"
+    #: Option 1, number known: "Pour être rappelé sur le numéro de ce téléphone, tapez 1."
+    press_this_number: str = "decroche/callback-press-this-number"
+    #: Option 1, no usable number: "Pour être rappelé, tapez 1."
+    press_callback: str = "decroche/callback-press-callback"
+    #: Option 2: "Pour être rappelé sur un autre numéro, tapez 2."
+    press_other_number: str = "decroche/callback-press-other-number"
+    #: Option 3: "Pour prendre rendez-vous avec un conseiller, tapez 3."
+    press_appointment: str = "decroche/callback-press-appointment"
+    #: Option 0: "Pour continuer à patienter, tapez 0."
+    press_wait: str = "decroche/callback-press-wait"
+    #: Before the number is read back: "Nous vous rappellerons au".
+    number_is: str = "decroche/callback-number-is"
+    #: After it: "Pour confirmer, tapez 1. Pour donner un autre numéro, tapez 2."
+    confirm: str = "decroche/callback-confirm"
+    #: "Tapez le numéro à dix chiffres auquel nous pouvons vous rappeler, puis la touche dièse."
+    enter_number: str = "decroche/callback-enter-number"
+    #: "Nous n'avons pas reçu de numéro."
+    number_missing: str = "decroche/callback-number-missing"
+    #: "Ce numéro n'est pas valide."
+    number_invalid: str = "decroche/callback-number-invalid"
+    #: "Un numéro de téléphone compte dix chiffres."
+    number_length: str = "decroche/callback-number-length"
+    #: "Nous ne pouvons pas rappeler les numéros spéciaux ou surtaxés."
+    number_premium: str = "decroche/callback-number-premium"
+    #: "Nous ne pouvons rappeler qu'un numéro de téléphone fixe ou mobile en France."
+    number_refused: str = "decroche/callback-number-refused"
+    #: "Votre demande de rappel est enregistrée. Vous gardez votre place : un conseiller vous rappellera."
+    recorded: str = "decroche/callback-recorded"
+    #: "Nous ne pouvons pas enregistrer votre demande pour le moment."
+    failed: str = "decroche/callback-failed"
+    #: "Un conseiller est déjà en train de vous rappeler."
+    in_progress: str = "decroche/callback-in-progress"
+    #: On a new call: "Vous avez déjà demandé à être rappelé."
+    existing: str = "decroche/callback-existing"
+    #: On a new call: "Vous avez un rendez-vous téléphonique" (then the slot).
+    existing_appointment: str = "decroche/callback-existing-appointment"
+    #: "Pour l'annuler, tapez 1. Pour le conserver, restez en ligne."
+    cancel_choice: str = "decroche/callback-cancel-choice"
+    #: "Votre demande est annulée."
+    cancelled: str = "decroche/callback-cancelled"
+    #: A caller-first callback, to the customer who answered: "Bonjour, vous avez demandé à
+    #: être rappelé. Un conseiller va vous répondre."
+    greet: str = "decroche/callback-greet"
+
+    def for_problem(self, problem: str) -> str:
+        """The prompt that tells a caller what was wrong with the number typed."""
+        return {
+            "missing": self.number_missing,
+            "error": self.number_missing,
+            "invalid": self.number_invalid,
+            "too_short": self.number_length,
+            "too_long": self.number_length,
+            "premium": self.number_premium,
+        }.get(problem, self.number_refused)
+
+
+#: Callback prompts the caller answers with a key (GET DATA): without one the question is silent.
+CALLBACK_QUESTIONS: Final = frozenset(
+    {
+        "press_this_number",
+        "press_callback",
+        "press_other_number",
+        "press_appointment",
+        "press_wait",
+        "confirm",
+        "enter_number",
+        "cancel_choice",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackConfig:
     """Callbacks that keep the caller's place in line, and which numbers may be called back.
 
     While ``enabled`` is false a menu's callback option queues the caller instead.
+    ``choice_timeout_s`` / ``number_timeout_s``: how long the offer waits for a key and for a
+    typed number; ``offer_retries``: wrong or missing answers to each question of the offer
+    before it gives up (the caller then waits, never hung up on).
     """
 
     enabled: bool = True
@@ -373,6 +484,20 @@ class CallbackConfig:
     allow_premium: bool = False
     allow_international: bool = False
     allow_short_codes: bool = False
+    choice_timeout_s: float = 6.0
+    number_timeout_s: float = 10.0
+    offer_retries: int = 2
+    prompts: CallbackPrompts = CallbackPrompts()
+    # How the dispatcher places calls (ivr.callbacks.dispatcher.DispatchSettings): through
+    # the service's queue (app_queue picks the agent) or to a free member picked here; how
+    # long a claim holds without renewal (a dead controller's dial is taken over after
+    # that); how often a dial whose channel went quiet is checked with Asterisk, and how
+    # long after the call ended an outcome may still arrive before it counts as unknown.
+    route: Literal["queue", "member"] = "queue"
+    lease_s: float = 15.0
+    check_interval_s: float = 20.0
+    outcome_grace_s: float = 30.0
+    agent_retry_delay_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,6 +604,7 @@ def run(args: argparse.Namespace) -> int:
 
 _MISSING: Final[Any] = object()
 T = TypeVar("T")
+P = TypeVar("P", bound="DataclassInstance")
 
 
 def _key(k: str) -> str:
@@ -688,7 +814,7 @@ def _build(p: _Problems, data: dict[str, Any], source: str) -> Config | None:
     agi = _agi(root.table("agi"))
     redis = _redis(root.table("redis"))
     web = _web(root.table("web"))
-    callbacks = _callbacks(root.table("callbacks"))
+    callbacks = _callbacks(root.table("callbacks"), checker)
     survey = _survey(root.table("survey"), checker)
 
     services_t = root.table("services", required=True)
@@ -848,8 +974,9 @@ def _web(t: _Table) -> WebConfig:
     return cfg
 
 
-def _callbacks(t: _Table) -> CallbackConfig:
+def _callbacks(t: _Table, checker: _PromptChecker) -> CallbackConfig:
     d = CallbackConfig()
+    prompts = checker.table(t.table("prompts"), CallbackPrompts(), required=CALLBACK_QUESTIONS)
     cfg = CallbackConfig(
         enabled=t.flag("enabled", d.enabled),
         mode=t.text("mode", d.mode, choices=("agent_first", "caller_first")),
@@ -863,6 +990,15 @@ def _callbacks(t: _Table) -> CallbackConfig:
         allow_premium=t.flag("allow_premium", d.allow_premium),
         allow_international=t.flag("allow_international", d.allow_international),
         allow_short_codes=t.flag("allow_short_codes", d.allow_short_codes),
+        choice_timeout_s=t.number("choice_timeout_s", d.choice_timeout_s, lo=1, hi=60),
+        number_timeout_s=t.number("number_timeout_s", d.number_timeout_s, lo=3, hi=120),
+        offer_retries=t.integer("offer_retries", d.offer_retries, lo=0, hi=10),
+        prompts=prompts,
+        route=t.text("route", d.route, choices=("queue", "member")),
+        lease_s=t.number("lease_s", d.lease_s, lo=3, hi=600),
+        check_interval_s=t.number("check_interval_s", d.check_interval_s, lo=1, hi=3600),
+        outcome_grace_s=t.number("outcome_grace_s", d.outcome_grace_s, lo=1, hi=3600),
+        agent_retry_delay_s=t.number("agent_retry_delay_s", d.agent_retry_delay_s, lo=0, hi=3600),
     )
     t.done()
     return cfg
@@ -902,7 +1038,18 @@ def _queues(t: _Table, services: set[str]) -> dict[str, QueueConfig]:
             max_callers_per_agent=q.number("max_callers_per_agent", d.max_callers_per_agent, lo=0, hi=10_000),
             offer_callback=q.flag("offer_callback", d.offer_callback),
             exit_key=q.text("exit_key", d.exit_key, choices=("requeue", "hangup")),
+            announce_position=q.flag("announce_position", None),
+            announce_wait=q.flag("announce_wait", None),
+            wrapup_s=q.number("wrapup_s", d.wrapup_s, lo=0, hi=3600),
         )
+        if cfg.offer_callback is False:
+            for key in ("announce_position", "announce_wait"):
+                if getattr(cfg, key) is True:
+                    q.error(
+                        key,
+                        "needs offer_callback = true: the place in line and the wait are those of "
+                        "the overflow check, made only for queues that offer callbacks",
+                    )
         q.done()
         out[name] = cfg
     return out
@@ -946,6 +1093,19 @@ class _PromptChecker:
             self.check(t.at(key), value)
         return value
 
+    def table(self, t: _Table, defaults: P, *, required: Container[str] = ()) -> P:
+        """A table of prompts read over ``defaults`` (a dataclass of prompt names, one field a key).
+
+        The prompts named in ``required`` may not be empty: a question nobody hears cannot
+        be answered. Other keys of the table are refused.
+        """
+        values = {
+            f: self.get(t, f, getattr(defaults, f), required=f in required)
+            for f in defaults.__dataclass_fields__
+        }
+        t.done()
+        return replace(defaults, **values)
+
 
 def _hint(name: str, known: Iterable[str]) -> str:
     hint = difflib.get_close_matches(name, sorted(known), n=1)
@@ -979,7 +1139,7 @@ def _service(
     if isinstance(fallback, str):
         _check_queue(t, "fallback_queue", fallback, name, queues)
 
-    prompts = _prompts(t.table("prompts"), checker)
+    prompts = checker.table(t.table("prompts"), Prompts())
     hours = _hours(t.table("hours"), timezone, holidays)
 
     inputs: dict[str, InputSpec] = {}
@@ -1034,13 +1194,6 @@ def _check_queue(t: _Table, key: str, queue: str, service: str, queues: Mapping[
     return True
 
 
-def _prompts(t: _Table, checker: _PromptChecker) -> Prompts:
-    d = Prompts()
-    values = {f: checker.get(t, f, getattr(d, f)) for f in Prompts.__dataclass_fields__}
-    t.done()
-    return Prompts(**values)
-
-
 def _appointments(
     t: _Table,
     service: str,
@@ -1054,15 +1207,9 @@ def _appointments(
     queue = t.text("queue", fallback if isinstance(fallback, str) else "")
     if t.has("queue") and isinstance(queue, str):
         _check_queue(t, "queue", queue, service, queues)
-    pt = t.table("prompts")
-    dp = AppointmentPrompts()
-    prompts = AppointmentPrompts(
-        **{
-            f: checker.get(pt, f, getattr(dp, f), required=True)
-            for f in AppointmentPrompts.__dataclass_fields__
-        }
+    prompts = checker.table(
+        t.table("prompts"), AppointmentPrompts(), required=AppointmentPrompts.__dataclass_fields__
     )
-    pt.done()
     cfg = AppointmentConfig(
         enabled=t.flag("enabled", d.enabled),
         queue=queue,

@@ -12,9 +12,9 @@
 
 Callbacks: the IVR flows are *service flows* (``ivr.domain.ivr_ops``): they yield requests
 ("overload?", "record this callback", "free slots?") that :meth:`Controller.perform` answers
-from the callback service and the appointment store. The FastAGI session knows channel
-steps only, so each flow is wrapped by :func:`~ivr.domain.ivr_ops.answer_requests`: a
-request runs as a task while the channel gets harmless ``GET VARIABLE`` polls. A request
+from the callback service and the appointment store. The FastAGI session hands each request
+to the server, which runs :meth:`Controller.perform` as a task; the session sends nothing on
+the channel meanwhile and resumes the flow with the reply. A request
 the service cannot answer (Redis away, timeout) gets its fallback reply: nothing offered,
 nothing promised, the caller waits for an agent. The dispatcher sees every AMI event (the
 outcome of its calls), hears about AMI gaps, and is woken when an agent may have become
@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import gc
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,31 +61,27 @@ from ivr.domain.ivr_ops import (
     CallbackDetails,
     CallbackRecorded,
     CallbackReported,
-    CallInfo,
     Cancelled,
     CancelOpen,
     CheckOverflow,
-    EventSink,
     FindOpen,
-    Flow,
     GetCallback,
     OpenRequests,
     OverflowAdvice,
-    Pending,
     RecordCallback,
     Reply,
     ReportCallback,
     Request,
-    answer_requests,
     fallback_reply,
 )
 from ivr.domain.kpi import KpiAccumulator
-from ivr.domain.scripts import FlowFactory, ServiceFlowFactory, service_flows
+from ivr.domain.scripts import ServiceFlowFactory, service_flows
 from ivr.domain.state import StateTracker
 from ivr.kpi_cli import report_from_redis, settings_from_config
 from ivr.logs import get_logger
 from ivr.metrics import ControllerCollector
 from ivr.protocol.ami import Event
+from ivr.shutdown import wait_for_stop_signal
 from ivr.storage.keys import Keys
 from ivr.storage.privacy import NumberHasher
 from ivr.storage.writer import EventLogWriter, make_client
@@ -99,9 +94,6 @@ Clock = Callable[[], float]
 
 #: How long after its slot ended a booking is still called back (a controller that was down).
 APPOINTMENT_GRACE_S = 3600.0
-#: The queues' wrap-up time (s): ``wrapuptime`` of the ``[service-queue]`` template in
-#: asterisk-conf/queues.conf. Asterisk does not tell it over AMI.
-QUEUE_WRAPUP_S = 10.0
 #: AMI events after which an agent may be free: the dispatcher looks at once.
 _WAKE_DISPATCHER = frozenset({"AgentComplete", "QueueMemberStatus", "QueueMemberPause"})
 
@@ -139,7 +131,7 @@ class Controller:
         dispatch: DispatchSettings | None = None,
         appointment_poll_s: float = 5.0,
         callback_grace_s: float = 10.0,
-        wrapup_s: float = QUEUE_WRAPUP_S,
+        wrapup_s: float | None = None,
     ) -> None:
         ep = endpoints or Endpoints()
         self.config = config
@@ -183,6 +175,7 @@ class Controller:
         self.agi = AGIServer(
             config,
             flows=self.flows(),
+            perform=self.perform,
             event_sink=self.emit,
             host=ep.agi_host,
             port=ep.agi_port,
@@ -221,7 +214,8 @@ class Controller:
         and ``can_ring_entry``), so counting it would let a callback be dialled ahead of a
         caller who joined earlier, for an agent who is not there yet. The queue's own
         wrap-up time is not on AMI (QueueParams has none; a member's ``Wrapuptime`` is only
-        its own override), hence :attr:`wrapup_s`, and ``shared_lastcall``: the latest call
+        its own override), hence the queue's configured ``wrapup_s`` (or :attr:`wrapup_s`, which
+        overrides it for every queue), and ``shared_lastcall``: the latest call
         of the interface in any queue counts.
         """
         q = self.tracker.queues.get(queue)
@@ -230,12 +224,16 @@ class Controller:
         snap = snapshot_from_state(q, self.tracker.calls)
         if not snap.free_members:
             return snap
-        now = self.tracker.now
+        # The tracker's time stands still while Asterisk is quiet: after the last call of the
+        # day ends, no event may come to end the wrap-up. The clock does not.
+        now = max(self.tracker.now, self.clock())
+        qcfg = self.config.queues.get(queue)
+        queue_wrapup = self.wrapup_s if self.wrapup_s is not None else (qcfg.wrapup_s if qcfg else 0.0)
         resting: set[str] = set()
         for m in q.members.values():
             if m.interface not in snap.free_members:
                 continue
-            wrapup = m.wrapuptime or self.wrapup_s
+            wrapup = m.wrapuptime or queue_wrapup
             last = max(
                 (
                     o.members[m.interface].last_call
@@ -278,23 +276,9 @@ class Controller:
         )
         self.appointments = AppointmentStore(client, self.hasher, keys=self.keys)
 
-    def flows(self) -> dict[str, FlowFactory]:
-        """The shipped scripts, their service requests answered by :meth:`perform`."""
-        timeout = self.config.agi.command_timeout_s
-
-        def bridged(factory: ServiceFlowFactory) -> FlowFactory:
-            def flow(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
-                return answer_requests(
-                    factory(call, clock, sink), self._start_request, clock=time.monotonic, timeout_s=timeout
-                )
-
-            return flow
-
-        return {name: bridged(factory) for name, factory in service_flows(self.config).items()}
-
-    def _start_request(self, request: Request) -> Pending:
-        # Started from the session's callback, in its context: the task logs with the call's id.
-        return asyncio.ensure_future(self.perform(request))
+    def flows(self) -> dict[str, ServiceFlowFactory]:
+        """The shipped scripts; the FastAGI server has their service requests answered by :meth:`perform`."""
+        return service_flows(self.config)
 
     async def perform(self, request: Request) -> Reply:
         """Answer a flow's service request; a failure is its fallback reply, never an exception."""
@@ -492,15 +476,20 @@ class Controller:
         log.info("controller.stopped", events=self.events_emitted)
 
     async def run_forever(self) -> None:
-        """Run until SIGINT or SIGTERM, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        """Run until SIGINT or SIGTERM, then stop gracefully.
+
+        A start that fails half-way (a port in use, a spool held by another controller)
+        closes what it had opened before the error goes up, so that ``ivr run`` can print
+        one clear line and exit instead of leaving sockets and tasks behind.
+        """
         try:
-            await stop.wait()
+            await self.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+        try:
+            await wait_for_stop_signal()
         finally:
             await self.stop()
 
@@ -554,7 +543,10 @@ class Controller:
         """After every (re)connect: rebuild live state from Asterisk's own lists."""
         queues = await client.queue_status()
         channels = await client.core_show_channels()
-        for event in self.tracker.resync(queues.items, channels.items):
+        # On the first connect no event has given the tracker Asterisk's time yet: the calls
+        # in progress would be adopted at time 0 (and trimmed from the log as 55 years old).
+        now = self.clock() if not self.tracker.now else None
+        for event in self.tracker.resync(queues.items, channels.items, now=now):
             self.emit(event)
         log.info("controller.resynced", queue_items=len(queues.items), channels=len(channels.items))
 

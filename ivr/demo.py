@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
-import signal
 import sys
 import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ivr.logs import get_logger
+from ivr.shutdown import wait_for_stop_signal
+
+if TYPE_CHECKING:
+    from ivr.config import Config
+    from ivr.controller import Controller
+    from ivr.sim.config import SimConfig
+    from ivr.sim.run import RunningSim
 
 log = get_logger(__name__)
 
@@ -76,39 +81,45 @@ def _sim_config(profile: str) -> Any:
         return sim_config.load_config(Path(sim_config.__file__).with_name("example.toml"))
 
 
-async def run_demo(args: argparse.Namespace) -> dict[str, Any] | None:
-    from ivr.config import default_config, load_config
-    from ivr.controller import Controller, Endpoints
-    from ivr.domain.kpi import report_document
-    from ivr.kpi_cli import report_from_redis
-    from ivr.sim.run import start_sim
-    from ivr.sim.traffic import TrafficGenerator
-    from ivr.storage.server import RedisServerProcess
-    from ivr.storage.writer import make_client
+async def start_with_controller(
+    config: Config,
+    sim_cfg: SimConfig,
+    *,
+    seed: int,
+    speed: float,
+    secret: str,
+    redis_url: str,
+    spool_path: str,
+    web_port: int | None = None,
+    connect_timeout_s: float | None = None,
+    **controller_options: Any,
+) -> tuple[RunningSim, Controller]:
+    """The simulator and a controller wired to it, as ``ivr demo`` runs them.
 
-    config = load_config(args.config) if args.config else default_config()
-    workdir = Path(tempfile.mkdtemp(prefix="decroche-demo-"))
-    secret = secrets.token_hex(12)
-    redis = RedisServerProcess()
-    redis.start()
-    running = None
-    controller = None
-    traffic: asyncio.Task[Any] | None = None
+    The simulator listens for AMI on a free loopback port, its clock starts on a past
+    working morning (:func:`start_of_demo_day`) and it generates no calls (the caller
+    starts them once the controller is ready, so that none is missed). The controller logs
+    in with ``secret``, is connected and resynced on return, and the dialplan's FastAGI
+    calls go to its FastAGI server. ``controller_options`` go to :class:`Controller`; on a
+    failure everything started is stopped again.
+    """
+    from ivr.controller import Controller, Endpoints
+    from ivr.sim.run import start_sim
+
+    running = await start_sim(
+        sim_cfg,
+        seed=seed,
+        speed=speed,
+        ami_port=0,
+        username=config.ami.username,
+        secret=secret,
+        traffic=False,
+        start_epoch=start_of_demo_day(time.time(), config.timezone),
+    )
+    controller: Controller | None = None
     try:
-        sim_cfg = _sim_config(args.profile)
-        sim_cfg.queue_log = str(workdir / "queue_log")
-        running = await start_sim(
-            sim_cfg,
-            seed=args.seed,
-            speed=args.speed,
-            ami_port=0,
-            username=config.ami.username,
-            secret=secret,
-            traffic=False,
-            start_epoch=start_of_demo_day(time.time(), config.timezone),
-        )
-        sim = running.sim
         assert running.ami is not None
+        sim = running.sim
         controller = Controller(
             config,
             Endpoints(
@@ -117,18 +128,56 @@ async def run_demo(args: argparse.Namespace) -> dict[str, Any] | None:
                 ami_secret=secret,
                 agi_host="127.0.0.1",
                 agi_port=0,
-                web_port=args.web_port,
-                redis_url=redis.url,
-                spool_path=str(workdir / "spool.jsonl"),
+                web_port=web_port,
+                redis_url=redis_url,
+                spool_path=spool_path,
             ),
             clock=sim.now,
+            **controller_options,
         )
         await controller.start()
-        await controller.ami.wait_connected()
+        await asyncio.wait_for(controller.ami.wait_connected(), connect_timeout_s)
         sim.config.agi_server = f"127.0.0.1:{controller.agi.port}"
         sim.globals["IVR_AGI_HOST"] = "127.0.0.1"
         sim.globals["IVR_AGI_PORT"] = str(controller.agi.port)
-        traffic = asyncio.create_task(TrafficGenerator(sim).run(), name="demo traffic")
+    except BaseException:
+        if controller is not None:
+            await controller.stop()
+        await running.stop()
+        raise
+    return running, controller
+
+
+async def run_demo(args: argparse.Namespace) -> dict[str, Any] | None:
+    from ivr.config import default_config, load_config
+    from ivr.domain.kpi import report_document
+    from ivr.kpi_cli import report_from_redis
+    from ivr.sim.traffic import TrafficGenerator
+    from ivr.storage.server import RedisServerProcess
+    from ivr.storage.writer import make_client
+
+    config = load_config(args.config) if args.config else default_config()
+    workdir = Path(tempfile.mkdtemp(prefix="decroche-demo-"))
+    redis = RedisServerProcess()
+    redis.start()
+    running = None
+    controller = None
+    traffic: asyncio.Task[Any] | None = None
+    try:
+        sim_cfg = _sim_config(args.profile)
+        sim_cfg.queue_log = str(workdir / "queue_log")
+        running, controller = await start_with_controller(
+            config,
+            sim_cfg,
+            seed=args.seed,
+            speed=args.speed,
+            secret=secrets.token_hex(12),
+            redis_url=redis.url,
+            spool_path=str(workdir / "spool.jsonl"),
+            web_port=args.web_port,
+        )
+        assert running.ami is not None
+        traffic = asyncio.create_task(TrafficGenerator(running.sim).run(), name="demo traffic")
         print(
             f"Décroché demo: dashboard http://{controller.web_host}:{controller.web_port}/ "
             f"(simulated AMI on port {running.ami.port}, speed x{args.speed:g}, profile {args.profile})",
@@ -137,12 +186,7 @@ async def run_demo(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.duration is not None:
             await asyncio.sleep(args.duration)
         else:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await wait_for_stop_signal()
     finally:
         if traffic is not None:
             traffic.cancel()

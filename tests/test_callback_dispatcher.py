@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from rigs import wait_for
 
 from ivr.ami.client import AMIClient, Backoff
 from ivr.callbacks.dispatcher import CallbackDispatcher, DispatchSettings
@@ -274,20 +275,6 @@ async def _stop_nodes(nodes: list[Node]) -> AsyncIterator[None]:
     for node in nodes:
         with contextlib.suppress(Exception):
             await node.stop()
-
-
-async def wait_for(predicate: Callable[[], Any], limit_s: float = 20.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def all_closed(store: CallbackStore, ids: list[str]) -> bool:

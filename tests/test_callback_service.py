@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import redis.asyncio
 
-from ivr.callbacks.ordering import QueueSnapshot
+from ivr.callbacks.ordering import QueueSnapshot, merged_line, position_in_line
 from ivr.callbacks.service import CallbackService, hours_check
-from ivr.callbacks.store import CallbackStore
+from ivr.callbacks.store import CallbackStore, NewRequest
 from ivr.config import CallbackConfig, QueueConfig
 from ivr.domain.events import CallEvent
 from ivr.domain.hours import schedule_from_mapping
@@ -118,3 +120,73 @@ async def test_disabled_callbacks_are_not_promised(redis_client: redis.asyncio.R
     out = await svc.request(call="u1", number="0611111111", queue="caf")
     assert (out.ok, out.reason) == (False, "callbacks_disabled")
     assert await svc.list_requests("all") == []
+
+
+async def _add_pending(store: CallbackStore, joins: list[float]) -> list[str]:
+    """Pending requests of queue caf with these join times (their ids, in the same order)."""
+    ids = []
+    for i, join in enumerate(joins):
+        new = NewRequest(
+            call=f"call{i}",
+            service="caf",
+            queue="caf",
+            number=f"06{i:08d}",
+            number_hash=f"h{i}",
+            join_ts=join,
+            expires_at=T0 + 8 * 3600,
+            max_attempts=3,
+        )
+        ids.append((await store.request(new, T0)).request.id)
+    return ids
+
+
+async def _commands(client: redis.asyncio.Redis) -> dict[str, int]:
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_estimate_counts_every_pending_callback_without_reading_one(
+    world: World, redis_client: redis.asyncio.Redis
+) -> None:
+    """The estimate asks Redis a fixed handful of counts, however many callbacks wait: no
+    request hash is read, and all of them count (beyond any scan limit)."""
+    svc = world.service
+    waiting = 2500
+    await _add_pending(svc.store, [T0 - 3000 + i for i in range(waiting)])
+    world.snapshot = QueueSnapshot("caf", waiting=(("a", T0 - 5000), ("b", T0 - 10)), logged_in=2)
+    before = await _commands(redis_client)
+    est = await svc.estimate("caf")
+    after = await _commands(redis_client)
+    assert est is not None
+    assert (est.position, est.pending_callbacks, est.waiting_callers) == (waiting + 3, waiting, 2)
+    used = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    used.pop("info", None)
+    assert "hgetall" not in used and "hmget" not in used and "zrange" not in used
+    assert sum(used.values()) <= 4, used
+    mid = await svc.estimate("caf", T0 - 2000.5)  # joined between callbacks 999 and 1000
+    assert mid is not None and mid.position == 1 + 1 + 1000
+
+
+async def test_estimate_places_callbacks_and_callers_as_the_merged_line_does(
+    world: World, redis_client: redis.asyncio.Redis
+) -> None:
+    """Counted positions equal those of the merged line, ties included (callers first on a
+    tie, callbacks of one join time by id)."""
+    rng = random.Random(7)
+    svc = world.service
+    joins = [T0 - rng.choice(range(0, 400, 20)) for _ in range(40)]
+    ids = await _add_pending(svc.store, joins)
+    callers = tuple((f"c{i}", T0 - rng.choice(range(0, 400, 20))) for i in range(15))
+    world.snapshot = QueueSnapshot("caf", waiting=callers, logged_in=3, available=1)
+    stored = {r.id: r.join_ts for r in await svc.store.pending("caf", 0, 100)}
+    line = merged_line(callers, stored.items())
+    for cid in ids:
+        est = await svc.estimate("caf", callback_id=cid)
+        assert est is not None and est.position == position_in_line(line, cid), cid
+    for ts in (T0 - 400, T0 - 200, T0 - 199.5, T0):
+        est = await svc.estimate("caf", ts)
+        assert est is not None
+        assert est.position == 1 + sum(1 for e in line if e.join_ts <= ts), ts
+    # a request no longer pending (claimed, closed) is placed by its join time instead
+    gone = await svc.estimate("caf", T0 - 100, callback_id="cb-not-pending")
+    assert gone is not None and gone.position == 1 + sum(1 for e in line if e.join_ts <= T0 - 100)

@@ -13,28 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import rigs
+from rigs import Rig, stored_events, wait_for
 
 from ivr.appointments.requests import BookSlot
 from ivr.appointments.slots import slots_for
 from ivr.callbacks.dispatcher import DispatchSettings
 from ivr.config import Config, default_config
 from ivr.controller import APPOINTMENT_GRACE_S, Controller, Endpoints
-from ivr.demo import _sim_config, start_of_demo_day
-from ivr.domain.events import CallEvent
+from ivr.demo import start_of_demo_day
 from ivr.domain.kpi import KpiAccumulator, report_document
 from ivr.sim.engine import OriginateRequest
-from ivr.sim.run import RunningSim, start_sim
-from ivr.storage.reader import read_range
-from ivr.storage.writer import make_client
 
-SPEED = 40.0
 CUSTOMER = "0612345678"
 
 
@@ -45,60 +42,22 @@ def dispatch_settings() -> DispatchSettings:
     )
 
 
-@dataclass
-class Rig:
-    running: RunningSim
-    controller: Controller
-    redis_url: str
-
-    @property
-    def sim(self) -> Any:
-        return self.running.sim
-
-
-async def start_rig(
-    redis_url: str,
-    tmp_path: Path,
-    *,
-    config: Config | None = None,
-    profile: str = "normal",
-    web: bool = False,
-) -> Rig:
-    cfg = _sim_config(profile)
-    cfg.queue_log = str(tmp_path / "queue_log")
-    config = config or default_config()
-    running = await start_sim(
-        cfg,
+def start_rig(
+    redis_url: str, tmp_path: Path, *, config: Config | None = None, web: bool = False
+) -> Awaitable[Rig]:
+    """The rig with the dispatcher's and the appointments' timers scaled down to the simulation."""
+    return rigs.start_rig(
+        redis_url,
+        tmp_path,
         seed=11,
-        speed=SPEED,
-        ami_port=0,
-        username=config.ami.username,
         secret="cb-secret",
-        traffic=False,
-        start_epoch=start_of_demo_day(time.time()),
-    )
-    assert running.ami is not None
-    controller = Controller(
-        config,
-        Endpoints(
-            ami_port=running.ami.port,
-            ami_secret="cb-secret",
-            agi_port=0,
-            web_port=0,
-            redis_url=redis_url,
-            spool_path=str(tmp_path / "spool.jsonl"),
-        ),
-        clock=running.sim.now,
+        config=config,
         web=web,
+        web_port=0,
         dispatch=dispatch_settings(),
         appointment_poll_s=0.1,
         callback_grace_s=2.0,
     )
-    await controller.start()
-    await asyncio.wait_for(controller.ami.wait_connected(), 10)
-    running.sim.globals["IVR_AGI_HOST"] = "127.0.0.1"
-    running.sim.globals["IVR_AGI_PORT"] = str(controller.agi.port)
-    return Rig(running, controller, redis_url)
 
 
 @pytest.fixture
@@ -107,8 +66,7 @@ async def rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
     try:
         yield r
     finally:
-        await r.controller.stop()
-        await r.running.stop()
+        await r.stop()
 
 
 def caller(digits: str, number: str = CUSTOMER, line: str = "0199000001") -> OriginateRequest:
@@ -124,26 +82,11 @@ def caller(digits: str, number: str = CUSTOMER, line: str = "0199000001") -> Ori
     )
 
 
-async def stored(redis_url: str) -> list[CallEvent]:
-    client = make_client(redis_url)
-    try:
-        return [e async for e in read_range(client)]
-    finally:
-        await client.aclose()
-
-
-async def wait_for(predicate: Callable[[], Any], limit_s: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+async def a_callback_completed(controller: Controller) -> bool:
+    """Whether a callback reached its customer and an agent (closed ``completed``)."""
+    assert controller.callback_store is not None
+    closed = await controller.callback_store.closed_requests()
+    return any(r.status == "completed" for r in closed)
 
 
 # The caller keys 4 (callback) in the main menu, # (no case number), then 1 every 3 s: the
@@ -157,12 +100,7 @@ async def test_a_callback_requested_in_the_ivr_is_dialled_connected_and_counted(
     assert controller.callbacks is not None and controller.callback_store is not None
     rig.sim.originate(caller(ASK_CALLBACK))
 
-    async def connected() -> bool:
-        assert controller.callback_store is not None
-        closed = await controller.callback_store.closed_requests()
-        return any(r.status == "completed" for r in closed)
-
-    await wait_for(connected, 60, "the callback completed")
+    await wait_for(lambda: a_callback_completed(controller), 60, "the callback completed")
     # the supervisors' API lists it among the closed ones, number masked
     async with aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{controller.web_port}/api/callbacks"
@@ -177,7 +115,7 @@ async def test_a_callback_requested_in_the_ivr_is_dialled_connected_and_counted(
     await asyncio.sleep(0.5)
     await controller.stop()
 
-    events = await stored(rig.redis_url)
+    events = await stored_events(rig.redis_url)
     requested = [e for e in events if e.type == "callback.requested"]
     assert len(requested) == 1
     call = requested[0].call
@@ -245,3 +183,53 @@ async def test_due_appointments_become_callbacks_in_line_at_the_slot_time(
     expired = await booked.get(late.booking.id)
     assert expired is not None and expired.status == "expired"
     assert [r.call for r in await store.open_requests()] == ["call-7.1"]
+
+
+# The caller keys 4 (callback) and # (no case number), then 3 -- "an appointment" -- while the
+# options are read, then 1 every 1.5 s: dropped while the slot is said, it takes the first slot
+# read ("1: this slot") and confirms it ("1: confirm").
+BOOK_FIRST_SLOT = "4WW#WW3WW" + "1WWW" * 30
+
+
+async def test_a_caller_books_a_slot_in_the_ivr_and_is_called_back_at_the_slot_time(
+    redis_url: str, tmp_path: Path
+) -> None:
+    base = default_config()
+    caf = base.services["caf"]
+    # short slots, no lead time: the first slot starts within minutes of the call
+    appointments = replace(caf.appointments, enabled=True, queue="caf", slot_minutes=5, min_lead_minutes=0)
+    config = replace(base, services={**base.services, "caf": replace(caf, appointments=appointments)})
+    rig = await start_rig(redis_url, tmp_path, config=config)
+    controller = rig.controller
+
+    async def time_passes() -> None:
+        # The simulated clock moves with the PBX's own timers: with nobody on the phone
+        # until the slot, the wall clock must drive it.
+        while True:
+            await rig.sim.run_for(5)
+
+    ticking = asyncio.create_task(time_passes())
+    try:
+        booked_at = rig.sim.now()
+        rig.sim.originate(caller(BOOK_FIRST_SLOT))
+        await wait_for(lambda: a_callback_completed(controller), 90, "the appointment called back")
+        await asyncio.sleep(0.5)
+        await controller.stop()
+    finally:
+        ticking.cancel()
+        await asyncio.gather(ticking, return_exceptions=True)
+        await rig.stop()
+
+    events = await stored_events(rig.redis_url)
+    (booked,) = [e for e in events if e.type == "appointment.booked"]
+    slot = float(booked.data["slot"])
+    assert booked_at < slot <= booked_at + 5 * 60 + 60  # the first slot read: within 5 minutes
+    ivr_end = next(e for e in events if e.type == "ivr.end" and e.call == booked.call)
+    assert (ivr_end.data["action"], ivr_end.data["reason"]) == ("callback", "appointment")
+    # nothing is dialled before the slot; at the slot the booking becomes a callback in line
+    requested = [e for e in events if e.type == "callback.requested"]
+    assert len(requested) == 1 and requested[0].ts >= slot
+    dials = [e for e in events if e.type == "callback.dialing"]
+    assert len(dials) == 1 and slot <= dials[0].ts < slot + 5 * 60
+    assert float(dials[0].data["original_join_ts"]) == slot  # its place in line: the slot's start
+    assert [e.type for e in events].count("callback.connected") == 1

@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rigs import Rig, running_rig, stored_events
 
-from ivr.config import default_config
-from ivr.controller import Controller, Endpoints
-from ivr.demo import _sim_config, start_of_demo_day
 from ivr.domain.events import CallEvent
 from ivr.domain.queue_log import parse_queue_log
-from ivr.sim.config import AgentModel
-from ivr.sim.run import RunningSim, start_sim
+from ivr.sim.config import AgentModel, SimConfig
 from ivr.sim.traffic import TrafficGenerator
-from ivr.storage.reader import read_range
 from ivr.storage.server import RedisServerProcess
-from ivr.storage.writer import make_client
-
-SPEED = 40.0
 
 QUEUE_LOG_OUTCOME = {
     "CONNECT": "answered",
@@ -41,55 +33,15 @@ QUEUE_LOG_OUTCOME = {
 }
 
 
-@dataclass
-class Rig:
-    running: RunningSim
-    controller: Controller
-    redis_url: str
-    queue_log: Path
-
-
-@contextlib.asynccontextmanager
-async def make_rig(redis_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
-    cfg = _sim_config("normal")
-    cfg.queue_log = str(tmp_path / "queue_log")
+def _short_talks(cfg: SimConfig) -> None:
+    """Agents talk 20 to 60 s, so that a run of minutes ends many calls."""
     cfg.agents = {ext: replace(model, talk_time=(20.0, 60.0)) for ext, model in cfg.agents.items()} or {
         ext: AgentModel(talk_time=(20.0, 60.0)) for ext in ("201", "202")
     }
-    config = default_config()
-    running = await start_sim(
-        cfg,
-        seed=7,
-        speed=SPEED,
-        ami_port=0,
-        username=config.ami.username,
-        secret="e2e-secret",
-        traffic=False,
-        start_epoch=start_of_demo_day(time.time()),
-    )
-    assert running.ami is not None
-    controller = Controller(
-        config,
-        Endpoints(
-            ami_port=running.ami.port,
-            ami_secret="e2e-secret",
-            agi_port=0,
-            redis_url=redis_url,
-            spool_path=str(tmp_path / "spool.jsonl"),
-        ),
-        clock=running.sim.now,
-        web=False,
-    )
-    await controller.start()
-    await asyncio.wait_for(controller.ami.wait_connected(), 10)
-    running.sim.config.agi_server = f"127.0.0.1:{controller.agi.port}"
-    running.sim.globals["IVR_AGI_HOST"] = "127.0.0.1"
-    running.sim.globals["IVR_AGI_PORT"] = str(controller.agi.port)
-    try:
-        yield Rig(running, controller, redis_url, Path(cfg.queue_log))
-    finally:
-        await controller.stop()
-        await running.stop()
+
+
+def make_rig(redis_url: str, tmp_path: Path) -> contextlib.AbstractAsyncContextManager[Rig]:
+    return running_rig(redis_url, tmp_path, seed=7, secret="e2e-secret", sim_setup=_short_talks, web=False)
 
 
 @pytest.fixture
@@ -111,14 +63,6 @@ async def _run_traffic(rig: Rig, calls: int, per_hour: float, during: Any = None
     await asyncio.sleep(0.5)
     await rig.controller.stop()
     return generator.stats.placed
-
-
-async def _stored(redis_url: str) -> list[CallEvent]:
-    client = make_client(redis_url)
-    try:
-        return [e async for e in read_range(client)]
-    finally:
-        await client.aclose()
 
 
 def _by_call(events: list[CallEvent]) -> dict[str, list[CallEvent]]:
@@ -151,7 +95,7 @@ def _check_sequence(call: str, events: list[CallEvent]) -> None:
 async def test_two_hundred_calls_reach_redis_with_the_queue_log_outcomes(rig: Rig) -> None:
     placed = await _run_traffic(rig, 200, per_hour=1800)
     assert placed == 200
-    events = await _stored(rig.redis_url)
+    events = await stored_events(rig.redis_url)
     calls = {
         call: evs
         for call, evs in _by_call(events).items()
@@ -179,7 +123,7 @@ async def test_dropped_ami_connection_loses_no_call(rig: Rig) -> None:
             rig.running.ami.drop_connections()
 
     placed = await _run_traffic(rig, 120, per_hour=2400, during=drop_twice)
-    events = await _stored(rig.redis_url)
+    events = await stored_events(rig.redis_url)
     gaps = [e for e in events if e.type == "controller.gap"]
     assert len(gaps) >= 1
     assert rig.controller.ami.stats.reconnects >= 2
@@ -216,7 +160,7 @@ async def test_redis_killed_and_restarted_mid_run_loses_and_duplicates_nothing(t
 
             placed = await _run_traffic(rig, 100, per_hour=2400, during=kill_and_restart)
             assert rig.controller.writer.stats.events_spooled > 0
-        events = await _stored(server.url)
+        events = await stored_events(server.url)
         assert len({e.id for e in events}) == len(events), "an event was stored twice"
         assert {e.id for e in events} == submitted, "an event was lost"
         starts = {e.call for e in events if e.type == "call.start" and e.data.get("kind") == "inbound"}

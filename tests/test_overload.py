@@ -1,10 +1,11 @@
 """Overload with callbacks: a seeded simulation of 2,000 calls on the shipped dialplan.
 
 The simulator's ``overflow`` profile (``ivr/sim/product.toml``: about twice the agents'
-capacity) runs against the controller and a real Redis, fast. Part of the callers take the
-callback they are offered: their DTMF script goes on, after the menu keys, with a 1 every
-three seconds -- "call me back on this number", then "confirm" once it has been read back;
-from the queue the same key is the exit key, which leads to the same offer. The rest wait.
+capacity) runs against the controller and a real Redis, fast. As the profile says
+(``[traffic] callback_share``), 60 % of the callers take the callback they are offered: their
+DTMF script goes on, after the menu keys, with a 1 every three seconds -- "call me back on
+this number", then "confirm" once it has been read back; from the queue the same key is the
+exit key, which leads to the same offer. The rest wait.
 
 From what the run leaves behind -- the event log in Redis, the callback store, and what the
 simulated PBX itself saw -- the guarantees of DESIGN.md ("Overflow and callback") are
@@ -53,33 +54,23 @@ from ivr.storage.writer import make_client
 CALLS = 2000
 SEED = 20
 SPEED = 400.0
-#: Share of the callers who take a callback when they are offered one.
-ACCEPT_SHARE = 0.6
-#: After the menu keys: a pause, then 1 every 3 s for 45 s (choice, then confirmation).
-ACCEPT = "WWWW" + "1WW" * 15
-#: App_queue's wrap-up time in the shipped queues.conf: a member is not free for that long.
-WRAPUP_S = 10.0
+#: The queues' wrap-up time (queues.conf's wrapuptime, as configured): an agent is not free that long.
+WRAPUP_S = max(q.wrapup_s for q in default_config().queues.values())
 #: Real seconds the run may take after the last call arrived.
 DRAIN_LIMIT_S = 600.0
 
 
 def overload_sim(accept: bool, queue_log: Path) -> SimConfig:
-    """The ``overflow`` profile with ``CALLS`` calls; ``accept``: part of the callers take callbacks.
+    """The ``overflow`` profile with ``CALLS`` calls; without ``accept`` nobody takes a callback.
 
-    Both variants have the same scripts list shape and weights, so the same seed draws the
-    same arrivals, numbers, lines, patience and base scripts: only the suffix differs.
+    Both variants draw the same callers (``callback_keys = ""`` keeps the profile's draws and
+    presses nothing), so the same seed gives the same arrivals, numbers, lines, patience and
+    menu keys: only the callback keys differ.
     """
     cfg = product_config("overflow")
     cfg.queue_log = str(queue_log)
-    lines = []
-    for line in cfg.traffic.lines:
-        suffix = ACCEPT if accept else ""
-        digits = tuple(d + suffix for d in line.digits) + line.digits
-        weights = tuple(w * ACCEPT_SHARE for w in line.digit_weights) + tuple(
-            w * (1 - ACCEPT_SHARE) for w in line.digit_weights
-        )
-        lines.append(replace(line, digits=digits, digit_weights=weights))
-    cfg.traffic = replace(cfg.traffic, lines=tuple(lines), calls=CALLS, duration=0.0)
+    keys = cfg.traffic.callback_keys if accept else ""
+    cfg.traffic = replace(cfg.traffic, calls=CALLS, duration=0.0, callback_keys=keys)
     return cfg
 
 
@@ -117,13 +108,13 @@ class Legs:
             if cid in self.answered:
                 self.dialled_after_answer[cid] += 1
         elif name == "DialEnd":
-            cid = self.live.get(channel)
-            if cid is not None and h.get("DialStatus") == "ANSWER":
-                self.answered.add(cid)
+            dialled = self.live.get(channel)
+            if dialled is not None and h.get("DialStatus") == "ANSWER":
+                self.answered.add(dialled)
         else:
-            cid = self.live.pop(channel, None)
-            if cid is not None:
-                self.active[cid] -= 1
+            gone = self.live.pop(channel, None)
+            if gone is not None:
+                self.active[gone] -= 1
 
 
 @dataclass

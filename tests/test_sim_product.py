@@ -633,11 +633,11 @@ async def _waits(profile: str, port: int, seconds: float) -> list[int]:
 
     No controller runs: every AGI() fails and the dialplan fails open to the service's queue
     (IVR_DEFAULT_QTIMEOUT). The callers key nothing: their menu keys would reach app_queue,
-    where 1 is the exit key of queue-exit.
+    where 1 is the exit key of queue-exit (so nobody takes a callback either).
     """
     cfg = product_config(profile)
     lines = tuple(replace(line, digits=("",), digit_weights=(1.0,)) for line in cfg.traffic.lines)
-    cfg.traffic = replace(cfg.traffic, lines=lines)
+    cfg.traffic = replace(cfg.traffic, lines=lines, callback_share=0.0)
     sim = Simulator(cfg, seed=11, speed=600.0, start_epoch=1_800_000_000.0)
     sim.globals["IVR_AGI_PORT"] = str(port)
     await sim.start()
@@ -689,6 +689,12 @@ async def test_a_seeded_overflow_run_makes_callers_wait_long(closed_port: int) -
         ("[queues.caf]\nstrategy = 'fastest'\n", "unknown strategy"),
         ("[traffic]\nsurvey = ['5', '']\nsurvey_weights = [0, 0]\n", "at least one weight"),
         ("[traffic]\nlines = [{ exten = '0199000001', digits = ['3x'] }]\n", "not a DTMF string"),
+        (
+            "[traffic]\ncallback_share = 1.5\n",
+            "traffic.callback_share is a share of the callers, from 0 to 1",
+        ),
+        ("[traffic]\ncallback_share = -0.1\n", "traffic.callback_share"),
+        ("[traffic]\ncallback_keys = '1 then 1'\n", "traffic.callback_keys: '1 then 1' is not a DTMF string"),
         (
             "[traffic]\nlines = [{ exten = '0199000001', digits = ['3'], digit_weights = [1, 2] }]\n",
             "one weight",

@@ -189,7 +189,15 @@ class DispatchSettings:
     @classmethod
     def from_config(cls, config: CallbackConfig, **overrides: Any) -> DispatchSettings:
         """Settings from ``[callbacks]``; caller-first rings the customer ``ring_timeout_s``."""
-        values: dict[str, Any] = {"mode": config.mode, "retry_delay_s": config.retry_delay_s}
+        values: dict[str, Any] = {
+            "mode": config.mode,
+            "route": config.route,
+            "retry_delay_s": config.retry_delay_s,
+            "lease_s": config.lease_s,
+            "check_interval_s": config.check_interval_s,
+            "outcome_grace_s": config.outcome_grace_s,
+            "agent_retry_delay_s": config.agent_retry_delay_s,
+        }
         if config.mode == "caller_first":
             values["originate_timeout_s"] = config.ring_timeout_s + 15.0
         values.update(overrides)

@@ -38,7 +38,7 @@ from ivr.callbacks.dispatcher import (
     outcome_of_dialstatus,
 )
 from ivr.callbacks.numbering import NumberCheck, NumberPolicy, check_number
-from ivr.callbacks.ordering import LiveQueues, QueueSnapshot, merged_line, position_in_line
+from ivr.callbacks.ordering import LiveQueues, QueueSnapshot
 from ivr.callbacks.policy import (
     DEFAULT_HANDLE_S,
     OverflowDecision,
@@ -68,8 +68,6 @@ _CASE_RE: Final = re.compile(r"[A-Za-z0-9_-]{0,32}")
 _LANG_RE: Final = re.compile(r"(?:[a-z]{2}(?:_[A-Z]{2})?)?")
 #: How far in the future a join time may be (clocks of two machines): beyond, it is "now".
 _FUTURE_SLACK_S: Final = 5.0
-#: Pending callbacks read to place one in the merged line.
-_LINE_SCAN: Final = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,14 +319,18 @@ class CallbackService:
     # -- estimates and overflow -------------------------------------------------------------------
 
     def observe(self, event: CallEvent) -> None:
-        """Feed every emitted call event; ``agent.complete`` updates the recent handle times."""
+        """Feed every emitted call event; ``agent.complete`` updates the recent handle times
+        (talk time plus the queue's ``wrapup_s``)."""
         if event.type != "agent.complete" or not event.queue:
             return
         talk = event.data.get("talk_s")
         if isinstance(talk, int | float) and not isinstance(talk, bool):
             times = self.handle_times.get(event.queue)
             if times is None:
-                times = self.handle_times[event.queue] = RecentHandleTimes()
+                # An agent takes the next call after its wrap-up: part of the handle time.
+                qcfg = self.queues.get(event.queue)
+                times = RecentHandleTimes(wrapup_s=qcfg.wrapup_s if qcfg is not None else 0.0)
+                self.handle_times[event.queue] = times
             times.add(event.ts, float(talk))
 
     def mean_handle_s(self, queue: str, now: float) -> float | None:
@@ -349,20 +351,22 @@ class CallbackService:
         if snap is None:
             return None
         now = self.clock()
-        pending = await self.store.pending(queue, 0, _LINE_SCAN)
-        callbacks = [(r.id, r.join_ts) for r in pending]
-        line = merged_line(snap.waiting, callbacks)
-        position: int | None = None
-        if callback_id is not None:
-            position = position_in_line(line, callback_id)
-        if position is None:
-            ts = now if join_ts is None else join_ts
-            position = 1 + sum(1 for e in line if e.join_ts <= ts and e.key != callback_id)
+        ts = now if join_ts is None else join_ts
+        # Counts from the ordered set of pending callbacks, never the requests themselves:
+        # an estimate is asked on every queue entry, and in overload thousands may wait.
+        counts = await self.store.line_counts(queue, ts, callback_id)
+        if counts.rank is not None and counts.join_ts is not None:
+            # A pending callback: the callbacks ranked before it, and the callers who joined
+            # at the same time or earlier (callers go first on a tie, ivr.callbacks.ordering).
+            cb_ts = counts.join_ts
+            position = 1 + counts.rank + sum(1 for _, joined in snap.waiting if joined <= cb_ts)
+        else:
+            position = 1 + counts.up_to + sum(1 for _, joined in snap.waiting if joined <= ts)
         mean = self.mean_handle_s(queue, now) or DEFAULT_HANDLE_S
         return Estimate(
             position=position,
             waiting_callers=len(snap.waiting),
-            pending_callbacks=len(callbacks),
+            pending_callbacks=counts.pending,
             logged_in=snap.logged_in,
             available=snap.available,
             estimated_wait_s=estimated_wait(position, mean, snap.logged_in, snap.available),

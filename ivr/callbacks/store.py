@@ -55,6 +55,7 @@ __all__ = [
     "CancelResult",
     "ClaimResult",
     "FinishResult",
+    "LineCounts",
     "NewRequest",
     "RequestResult",
     "new_callback_id",
@@ -451,6 +452,24 @@ class CancelResult:
     status: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class LineCounts:
+    """Where one time (and one callback) stands among a queue's pending callbacks.
+
+    Read from the queue's ordered set (score: original join time) with ZCARD, ZCOUNT and
+    ZRANK -- O(log n) whatever the number waiting -- so that an estimate never reads the
+    requests themselves. ``pending``: callbacks waiting to be dialled; ``up_to``: those
+    whose join time is at or before the time asked about; ``rank``/``join_ts``: 0-based
+    place and join time of the callback asked about (None when it is not pending). Ties
+    of join time rank by id, as Redis and :class:`~ivr.callbacks.ordering.LineEntry` both do.
+    """
+
+    pending: int
+    up_to: int
+    rank: int | None = None
+    join_ts: float | None = None
+
+
 class CallbackStore:
     """The callback requests of one deployment (one key prefix) in one Redis database.
 
@@ -510,6 +529,23 @@ class CallbackStore:
 
     async def pending_count(self, queue: str) -> int:
         return int(await self.redis.zcard(self.keys.cb_queue(queue)))
+
+    async def line_counts(self, queue: str, at: float, callback_id: str | None = None) -> LineCounts:
+        """Counts of ``queue``'s pending callbacks around join time ``at`` (one round trip)."""
+        if not math.isfinite(at):
+            raise ValueError(f"not a finite time: {at!r}")
+        key = self.keys.cb_queue(queue)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(key)
+            pipe.zcount(key, "-inf", repr(float(at)))
+            if callback_id:
+                pipe.zrank(key, callback_id)
+                pipe.zscore(key, callback_id)
+            replies = await pipe.execute()
+        rank = join = None
+        if callback_id and replies[2] is not None and replies[3] is not None:
+            rank, join = int(replies[2]), float(replies[3])
+        return LineCounts(pending=int(replies[0]), up_to=int(replies[1]), rank=rank, join_ts=join)
 
     async def open_requests(self, limit: int = 1000) -> list[CallbackRequest]:
         """Open requests (pending and dialing) of every queue, by original join time."""

@@ -64,7 +64,7 @@ data: events say whether one was given, never its value (the agent sees the case
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, TypeVar
 from zoneinfo import ZoneInfo
@@ -73,7 +73,16 @@ from ivr.appointments.flow import classify_key, offer_appointment
 from ivr.appointments.requests import Booking
 from ivr.appointments.speech import french_number, say_slot
 from ivr.callbacks.numbering import NumberCheck, NumberPolicy, check_number
-from ivr.config import InputSpec, Menu, MenuOption, Prompts, QueueConfig, ServiceConfig
+from ivr.config import (
+    CallbackPrompts,
+    Config,
+    InputSpec,
+    Menu,
+    MenuOption,
+    Prompts,
+    QueueConfig,
+    ServiceConfig,
+)
 from ivr.domain.hours import is_holiday, is_open, next_opening
 from ivr.domain.ivr_ops import (
     Action,
@@ -234,109 +243,78 @@ def caller_number(raw: str | None, policy: NumberPolicy) -> NumberCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class CallbackPrompts:
-    """What the callback offer says. Names without the language directory, like every prompt.
-
-    Nothing like them exists in Asterisk's core sounds, so they are the deployment's own
-    recordings (``decroche/``); the announcements of position and wait use the core
-    ``queue-*`` sounds and Asterisk's French numbers.
-    """
-
-    #: Before the options when the queue is overloaded: "Tous nos conseillers sont occupés."
-    busy: str = "decroche/callback-busy"
-    #: Option 1, number known: "Pour être rappelé sur le numéro de ce téléphone, tapez 1."
-    press_this_number: str = "decroche/callback-press-this-number"
-    #: Option 1, no usable number: "Pour être rappelé, tapez 1."
-    press_callback: str = "decroche/callback-press-callback"
-    #: Option 2: "Pour être rappelé sur un autre numéro, tapez 2."
-    press_other_number: str = "decroche/callback-press-other-number"
-    #: Option 3: "Pour prendre rendez-vous avec un conseiller, tapez 3."
-    press_appointment: str = "decroche/callback-press-appointment"
-    #: Option 0: "Pour continuer à patienter, tapez 0."
-    press_wait: str = "decroche/callback-press-wait"
-    #: Before the number is read back: "Nous vous rappellerons au".
-    number_is: str = "decroche/callback-number-is"
-    #: After it: "Pour confirmer, tapez 1. Pour donner un autre numéro, tapez 2."
-    confirm: str = "decroche/callback-confirm"
-    #: "Tapez le numéro à dix chiffres auquel nous pouvons vous rappeler, puis la touche dièse."
-    enter_number: str = "decroche/callback-enter-number"
-    #: "Nous n'avons pas reçu de numéro."
-    number_missing: str = "decroche/callback-number-missing"
-    #: "Ce numéro n'est pas valide."
-    number_invalid: str = "decroche/callback-number-invalid"
-    #: "Un numéro de téléphone compte dix chiffres."
-    number_length: str = "decroche/callback-number-length"
-    #: "Nous ne pouvons pas rappeler les numéros spéciaux ou surtaxés."
-    number_premium: str = "decroche/callback-number-premium"
-    #: "Nous ne pouvons rappeler qu'un numéro de téléphone fixe ou mobile en France."
-    number_refused: str = "decroche/callback-number-refused"
-    #: "Votre demande de rappel est enregistrée. Vous gardez votre place : un conseiller vous rappellera."
-    recorded: str = "decroche/callback-recorded"
-    #: "Nous ne pouvons pas enregistrer votre demande pour le moment."
-    failed: str = "decroche/callback-failed"
-    #: "Un conseiller est déjà en train de vous rappeler."
-    in_progress: str = "decroche/callback-in-progress"
-    #: On a new call: "Vous avez déjà demandé à être rappelé."
-    existing: str = "decroche/callback-existing"
-    #: On a new call: "Vous avez un rendez-vous téléphonique" (then the slot).
-    existing_appointment: str = "decroche/callback-existing-appointment"
-    #: "Pour l'annuler, tapez 1. Pour le conserver, restez en ligne."
-    cancel_choice: str = "decroche/callback-cancel-choice"
-    #: "Votre demande est annulée."
-    cancelled: str = "decroche/callback-cancelled"
-    #: A caller-first callback, to the customer who answered: "Bonjour, vous avez demandé à
-    #: être rappelé. Un conseiller va vous répondre."
-    greet: str = "decroche/callback-greet"
-
-    def for_problem(self, problem: str) -> str:
-        """The prompt that tells a caller what was wrong with the number typed."""
-        return {
-            "missing": self.number_missing,
-            "error": self.number_missing,
-            "invalid": self.number_invalid,
-            "too_short": self.number_length,
-            "too_long": self.number_length,
-            "premium": self.number_premium,
-        }.get(problem, self.number_refused)
-
-
-@dataclass(frozen=True, slots=True)
 class CallbackSettings:
-    """How the callback offer behaves.
+    """How the callback offer behaves (:meth:`from_config`: the ``[callbacks]`` table and the
+    queues' ``announce_position`` / ``announce_wait``).
 
     ``announce_position`` / ``announce_wait``: tell a caller about to wait (or offered a
     callback) its place in line and the estimated wait, for the queues in
-    ``announce_queues`` (None: every queue). ``retries``: wrong or missing answers to each
+    ``announce_queues`` (None: every queue); ``per_queue`` (queue -> (position, wait))
+    overrides both for the queues it names. ``retries``: wrong or missing answers to each
     question before the offer gives up (the caller then waits, never hung up on).
     """
 
-    prompts: CallbackPrompts = CallbackPrompts()
+    prompts: CallbackPrompts = field(default_factory=CallbackPrompts)
     announce_position: bool = True
     announce_wait: bool = True
     announce_queues: frozenset[str] | None = None
     choice_timeout_s: float = 6.0
     number_timeout_s: float = 10.0
     retries: int = 2
+    per_queue: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
 
-    def announces(self, queue: str) -> bool:
-        return (self.announce_position or self.announce_wait) and (
-            self.announce_queues is None or queue in self.announce_queues
+    @classmethod
+    def from_config(cls, config: Config) -> CallbackSettings:
+        """The offer as ``config`` describes it: its prompts, timeouts and retries, and for each
+        queue whether the position and the wait are announced."""
+        cb = config.callbacks
+        return cls(
+            prompts=cb.prompts,
+            choice_timeout_s=cb.choice_timeout_s,
+            number_timeout_s=cb.number_timeout_s,
+            retries=cb.offer_retries,
+            announce_queues=frozenset(),
+            per_queue={name: (q.announces_position, q.announces_wait) for name, q in config.queues.items()},
         )
 
+    def _flags(self, queue: str | None) -> tuple[bool, bool]:
+        if queue is not None:
+            flags = self.per_queue.get(queue)
+            if flags is not None:
+                return flags
+            if self.announce_queues is not None and queue not in self.announce_queues:
+                return False, False
+        return self.announce_position, self.announce_wait
 
-def announcement(settings: CallbackSettings, position: int | None, wait_s: float | None) -> list[str]:
+    def position_for(self, queue: str | None) -> bool:
+        """Whether a caller of ``queue`` hears its place in line (None: any queue)."""
+        return self._flags(queue)[0]
+
+    def wait_for(self, queue: str | None) -> bool:
+        """Whether a caller of ``queue`` hears the estimated wait (None: any queue)."""
+        return self._flags(queue)[1]
+
+    def announces(self, queue: str) -> bool:
+        position, wait = self._flags(queue)
+        return position or wait
+
+
+def announcement(
+    settings: CallbackSettings, position: int | None, wait_s: float | None, queue: str | None = None
+) -> list[str]:
     """Core sounds saying the place in line and the estimated wait ("Il y a 3 appels en attente
-    ... le temps d'attente estimé est de 12 minutes"). Nothing when there is no wait."""
+    ... le temps d'attente estimé est de 12 minutes"), as ``settings`` has them announced for
+    ``queue`` (None: the general setting). Nothing when there is no wait."""
     if wait_s is None or wait_s <= 0:
         return []
     sounds: list[str] = []
-    if settings.announce_position and position is not None:
+    if settings.position_for(queue) and position is not None:
         ahead = position - 1
         if ahead <= 0:
             sounds.append("queue-youarenext")
         else:
             sounds.extend(("queue-thereare", *french_number(ahead), "queue-callswaiting"))
-    if settings.announce_wait:
+    if settings.wait_for(queue):
         minutes = round(wait_s / 60)
         sounds.append("queue-holdtime")
         if minutes < 1:
@@ -480,7 +458,9 @@ class CallbackOffer(FlowSteps):
         if advice is not None and advice.offer != "none":
             yield from self._play(self.prompts.busy)
         if advice is not None and self.settings.announces(queue):
-            yield from self._sounds(announcement(self.settings, advice.position, advice.estimated_wait_s))
+            yield from self._sounds(
+                announcement(self.settings, advice.position, advice.estimated_wait_s, queue)
+            )
         failures = 0
         while True:
             key, problem = yield from self._choose(options)
@@ -630,11 +610,8 @@ class CallbackOffer(FlowSteps):
             yield from self._play(self.prompts.in_progress)
         else:
             yield from self._play(self.prompts.recorded)
-            if self.settings.announce_wait and self.settings.announces(self.queue):
-                wait = announcement(
-                    CallbackSettings(announce_position=False), reply.position, reply.estimated_wait_s
-                )
-                yield from self._sounds(wait)
+            # The wait only: the place in line was said with the offer.
+            yield from self._sounds(announcement(self.settings, None, reply.estimated_wait_s, self.queue))
         return OfferOutcome("callback", f"callback_{reply.status}", callback_id=reply.callback_id)
 
     def _appointment(self) -> Sub[OfferOutcome | None]:
@@ -910,7 +887,9 @@ class IvrFlow(FlowSteps):
                     )
                 action = "queue"  # chose to wait, or nothing could be recorded
             elif self.settings.announces(queue):
-                yield from self._sounds(announcement(self.settings, advice.position, advice.estimated_wait_s))
+                yield from self._sounds(
+                    announcement(self.settings, advice.position, advice.estimated_wait_s, queue)
+                )
         if action == "queue":
             yield from self._play(self.service.prompts.transfer)
         return (

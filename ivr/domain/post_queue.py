@@ -119,7 +119,7 @@ class _Script(FlowSteps):
         self.priority: int | None = None
         self.case = ""
         self.offers = services and config.callbacks.enabled
-        self.settings = settings or CallbackSettings()
+        self.settings = settings or CallbackSettings.from_config(config)
 
     def var(self, name: str) -> Sub[str]:
         """A channel variable ("" when unset). GET VARIABLE works even on a dead channel."""

@@ -7,10 +7,10 @@ without touching the server.
 
 Two tables: :func:`service_flows` gives the flows as *service flows* (they yield callback
 and appointment requests, see ``ivr.domain.ivr_ops``) for a driver that answers them -- the
-controller; :func:`default_flows` gives plain flows for a driver that knows channel steps
-only, and runs them without the service: no callback is offered (a callback option
-queues the caller), ``callback-greet`` queues the customer, ``callback-result`` records
-nothing (the dispatcher's AMI view settles the dial).
+FastAGI server, with the controller's service behind it; :func:`default_flows` gives plain
+flows for a driver that knows channel steps only, and runs them without the service: no
+callback is offered (a callback option queues the caller), ``callback-greet`` queues the
+customer, ``callback-result`` records nothing (the dispatcher's AMI view settles the dial).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from ivr.domain.ivr_ops import (
     Clock,
     EventSink,
     Flow,
-    Ready,
+    Reply,
     Request,
     ServiceFlow,
-    answer_requests,
+    answer_inline,
     fallback_reply,
     refuse,
 )
@@ -37,6 +37,7 @@ from ivr.domain.post_queue import after_queue, callback_greet, callback_result, 
 
 __all__ = [
     "SCRIPTS",
+    "AnyFlowFactory",
     "FlowFactory",
     "ServiceFlowFactory",
     "callback_settings",
@@ -48,16 +49,15 @@ __all__ = [
 FlowFactory = Callable[[CallInfo, Clock, EventSink], Flow]
 #: ``(call, clock, sink) -> service flow``
 ServiceFlowFactory = Callable[[CallInfo, Clock, EventSink], ServiceFlow]
+#: Either, as the FastAGI server takes them (a plain flow is one that asks for nothing).
+AnyFlowFactory = Callable[[CallInfo, Clock, EventSink], Flow | ServiceFlow]
 
 SCRIPTS: Final = ("ivr", "after-queue", "exit-key", "survey", "callback-greet", "callback-result")
 
 
 def callback_settings(config: Config) -> CallbackSettings:
-    """The offer's settings for ``config``: position and wait announced for the queues that
-    offer callbacks (the configuration has no keys of its own for them yet)."""
-    return CallbackSettings(
-        announce_queues=frozenset(name for name, q in config.queues.items() if q.offer_callback)
-    )
+    """The offer's settings for ``config`` (``[callbacks]``, and each queue's announcements)."""
+    return CallbackSettings.from_config(config)
 
 
 def service_flows(
@@ -121,14 +121,13 @@ def _refuse(reason: str, message: str) -> ServiceFlow:
     return (yield from refuse(reason, message))
 
 
-def _unanswered(request: Request) -> Ready:
-    return Ready(fallback_reply(request, "no_service"))
+def _unanswered(request: Request) -> Reply:
+    return fallback_reply(request, "no_service")
 
 
 def _no_service(factory: ServiceFlowFactory) -> FlowFactory:
     def plain(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
-        flow = factory(call, clock, sink)
-        return answer_requests(flow, _unanswered, clock=clock)
+        return answer_inline(factory(call, clock, sink), _unanswered)
 
     return plain
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(cfg: Any, args: argparse.Namespace) -> int:
+    from ivr.shutdown import wait_for_stop_signal
     from ivr.sim.run import start_sim
 
     running = await start_sim(
@@ -125,12 +124,7 @@ async def _serve(cfg: Any, args: argparse.Namespace) -> int:
         if args.duration is not None:
             await sim.run_for(args.duration)
         else:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await wait_for_stop_signal()
     finally:
         await running.stop()
     print(

@@ -39,11 +39,12 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "DEFAULT_CALLBACK_KEYS",
     "AgentModel",
     "MemberConfig",
     "QueueConfig",
@@ -88,6 +89,19 @@ STRATEGIES: Final = (
 )
 
 
+#: The options of joinempty/leavewhenempty that name one condition each (``parse_empty_options``).
+_EMPTY_CONDITIONS: Final = {
+    "paused": EMPTY_PAUSED,
+    "penalty": EMPTY_PENALTY,
+    "inuse": EMPTY_INUSE,
+    "ringing": EMPTY_RINGING,
+    "invalid": EMPTY_INVALID,
+    "wrapup": EMPTY_WRAPUP,
+    "unavailable": EMPTY_UNAVAILABLE,
+    "unknown": EMPTY_UNKNOWN,
+}
+
+
 def parse_empty_options(value: str | bool, *, joinempty: bool) -> int:
     """``parse_empty_options`` of apps/app_queue.c: a joinempty/leavewhenempty value as bits."""
     if isinstance(value, bool):
@@ -95,22 +109,8 @@ def parse_empty_options(value: str | bool, *, joinempty: bool) -> int:
     empty = 0
     for option in value.split(","):
         option = option.strip().lower()
-        if option == "paused":
-            empty |= EMPTY_PAUSED
-        elif option == "penalty":
-            empty |= EMPTY_PENALTY
-        elif option == "inuse":
-            empty |= EMPTY_INUSE
-        elif option == "ringing":
-            empty |= EMPTY_RINGING
-        elif option == "invalid":
-            empty |= EMPTY_INVALID
-        elif option == "wrapup":
-            empty |= EMPTY_WRAPUP
-        elif option == "unavailable":
-            empty |= EMPTY_UNAVAILABLE
-        elif option == "unknown":
-            empty |= EMPTY_UNKNOWN
+        if option in _EMPTY_CONDITIONS:
+            empty |= _EMPTY_CONDITIONS[option]
         elif option == "loose":
             empty = EMPTY_PENALTY | EMPTY_INVALID
         elif option == "strict":
@@ -173,6 +173,11 @@ class AgentModel:
     no_answer: float = 0.0
 
 
+#: Keys of a caller who takes a callback (``TrafficConfig.callback_keys``): after a 4 s pause,
+#: 1 every 3 s for 45 s -- the offer's "this number", its "confirm", or the queue's exit key.
+DEFAULT_CALLBACK_KEYS: Final = "WWWW" + "1WW" * 15
+
+
 @dataclass(frozen=True, slots=True)
 class TrafficLine:
     """One public number of generated traffic: its share of the calls and its callers' keys.
@@ -207,6 +212,15 @@ class TrafficConfig:
     ``wait_before_digits``. ``survey``/``survey_weights`` draw the SURVEY variable: the key
     a caller presses after talking to an agent (``Patience(${PATIENCE},${SURVEY})``;
     ``""`` = does not answer).
+
+    ``callback_share`` is the share of callers (0 to 1) who take a callback when one is
+    offered: after their menu keys they go on with ``callback_keys``. The default keys --
+    a 4 s pause, then 1 every 3 s for 45 s -- answer the IVR's callback offer with "call me
+    back on this number" and then "confirm" (``ivr.domain.ivr_flow``); a caller already in
+    a queue that offers callbacks leaves it with that same key (the queue's exit key) and
+    gets the same offer. The other callers wait. With ``callback_keys = ""`` the callers
+    are drawn the same way but press nothing more: the same seed then gives the same calls
+    with and without callbacks taken.
     """
 
     enabled: bool = False
@@ -227,6 +241,8 @@ class TrafficConfig:
     lines: tuple[TrafficLine, ...] = ()
     survey: tuple[str, ...] = ()
     survey_weights: tuple[float, ...] = ()
+    callback_share: float = 0.0
+    callback_keys: str = DEFAULT_CALLBACK_KEYS
 
 
 @dataclass(slots=True)
@@ -670,14 +686,19 @@ def _endpoint_value(key: str, value: object) -> str:
     return target
 
 
+def _dtmf(value: object, where: str) -> str:
+    """What SendDTMF sends: keys, and ``w``/``W`` for pauses."""
+    keys = _str(value, where)
+    if any(c not in _DTMF_SCRIPT for c in keys):
+        raise SimConfigError(f"{where}: {keys!r} is not a DTMF string (0-9 * # A-D, w/W pauses)")
+    return keys
+
+
 def _dtmf_list(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise SimConfigError(f"{where} must be a non-empty list of DTMF strings")
     digits = tuple(_str(v, where) for v in value)
-    for d in digits:
-        if any(c not in _DTMF_SCRIPT for c in d):
-            raise SimConfigError(f"{where}: {d!r} is not a DTMF string (0-9 * # A-D, w/W pauses)")
-    return digits
+    return tuple(_dtmf(d, where) for d in digits)
 
 
 def _weights(value: object, where: str, count: int) -> tuple[float, ...]:
@@ -739,7 +760,6 @@ def _agent(ext: str, body: object) -> AgentModel:
 
 
 def _traffic(body: Mapping[str, Any]) -> TrafficConfig:
-    t = TrafficConfig()
     kw: dict[str, Any] = {}
     for key, value in body.items():
         where = f"traffic.{key}"
@@ -755,7 +775,14 @@ def _traffic(body: Mapping[str, Any]) -> TrafficConfig:
             kw[key] = _range(value, where)
         elif key in ("digits", "survey"):
             kw[key] = _dtmf_list(value, where)
-        elif key == "survey_weights":
+        elif key == "callback_share":
+            share = _number(value, where, minimum=0.0)
+            if share > 1:
+                raise SimConfigError(f"{where} is a share of the callers, from 0 to 1, got {share}")
+            kw[key] = share
+        elif key == "callback_keys":
+            kw[key] = _dtmf(value, where)
+        elif key in ("digit_weights", "survey_weights"):
             if not isinstance(value, list) or not value:
                 raise SimConfigError(f"{where} must be a non-empty list of numbers")
             kw[key] = tuple(_number(v, where, minimum=0.0) for v in value)
@@ -766,33 +793,19 @@ def _traffic(body: Mapping[str, Any]) -> TrafficConfig:
             if not any(line.weight for line in lines):
                 raise SimConfigError(f"{where}: at least one line needs a weight > 0")
             kw[key] = lines
-        elif key == "digit_weights":
-            if not isinstance(value, list) or not value:
-                raise SimConfigError(f"{where} must be a non-empty list of numbers")
-            kw[key] = tuple(_number(v, where, minimum=0.0) for v in value)
         else:
             raise SimConfigError(f"unknown key {where}")
-    out = TrafficConfig(**{**{f: getattr(t, f) for f in t.__dataclass_fields__}, **kw})
+    out = TrafficConfig(**kw)
     if len(out.digit_weights) != len(out.digits):
         if "digit_weights" in kw:
             raise SimConfigError("traffic.digit_weights must have one weight per traffic.digits entry")
-        out = TrafficConfig(
-            **{
-                **{f: getattr(out, f) for f in out.__dataclass_fields__},
-                "digit_weights": (1.0,) * len(out.digits),
-            }
-        )
+        out = replace(out, digit_weights=(1.0,) * len(out.digits))
     if out.survey_weights and len(out.survey_weights) != len(out.survey):
         raise SimConfigError("traffic.survey_weights must have one weight per traffic.survey entry")
     if out.survey_weights and not any(out.survey_weights):
         raise SimConfigError("traffic.survey_weights: at least one weight must be > 0")
     if out.survey and not out.survey_weights:
-        out = TrafficConfig(
-            **{
-                **{f: getattr(out, f) for f in out.__dataclass_fields__},
-                "survey_weights": (1.0,) * len(out.survey),
-            }
-        )
+        out = replace(out, survey_weights=(1.0,) * len(out.survey))
     if out.enabled and out.arrivals_per_hour <= 0:
         raise SimConfigError("traffic.arrivals_per_hour must be > 0 when traffic is enabled")
     return out

@@ -8,7 +8,9 @@ scenarios validated, only more of it.
 
 With ``lines`` (:class:`~ivr.sim.config.TrafficLine`) each caller first draws the public
 number it dials, then one of that line's DTMF scripts; ``survey`` draws the key it presses
-after talking to an agent (SURVEY).
+after talking to an agent (SURVEY). With ``callback_share``, that share of the callers
+take the callback they are offered: their DTMF script goes on with ``callback_keys``
+(:class:`~ivr.sim.config.TrafficConfig`).
 
 Randomness comes from a ``random.Random`` seeded from the simulator's seed (a stream of
 its own, so that changing the traffic does not reshuffle the agents' draws and vice versa);
@@ -47,6 +49,8 @@ class PlannedCall:
     exten: str = ""
     wait_before_digits: float = 0.0
     survey: str = ""
+    #: Takes a callback when offered (its digits end with the traffic's ``callback_keys``).
+    accepts_callback: bool = False
 
 
 @dataclass(slots=True)
@@ -78,6 +82,10 @@ class TrafficGenerator:
         else:
             digits = rng.choices(cfg.digits, weights=cfg.digit_weights)[0]
         survey = rng.choices(cfg.survey, weights=cfg.survey_weights)[0] if cfg.survey else ""
+        # Drawn last (and only with a share), so that traffic without callbacks keeps its draws.
+        accepts = cfg.callback_share > 0 and rng.random() < cfg.callback_share
+        if accepts:
+            digits += cfg.callback_keys
         index = len(self.stats.planned) + 1
         return PlannedCall(
             index=index,
@@ -89,6 +97,7 @@ class TrafficGenerator:
             exten=exten,
             wait_before_digits=wait,
             survey=survey,
+            accepts_callback=accepts,
         )
 
     def place(self, call: PlannedCall) -> None:
