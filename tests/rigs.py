@@ -109,5 +109,5 @@ async def wait_for(predicate: Callable[[], Any], limit_s: float = 20.0, what: st
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
         await asyncio.sleep(0.02)

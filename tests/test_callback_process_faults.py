@@ -34,12 +34,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio
+from rigs import wait_for
 
 from ivr.callbacks.service import CallbackService
 from ivr.callbacks.store import CallbackStore
@@ -258,20 +258,6 @@ def children(procs: list[ControllerProcess]) -> Iterator[None]:
     finally:
         for p in procs:
             p.reap()
-
-
-async def wait_for(predicate: Callable[[], Any], limit_s: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

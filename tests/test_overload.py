@@ -29,7 +29,6 @@ pickup rate (calls handled by an agent / calls asking for one).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -39,14 +38,12 @@ from typing import Any
 from ivr.callbacks.dispatcher import DispatchSettings
 from ivr.callbacks.store import CallbackRequest
 from ivr.config import Config, default_config
-from ivr.controller import Controller, Endpoints
-from ivr.demo import start_of_demo_day
+from ivr.demo import start_with_controller
 from ivr.domain.events import CallEvent
 from ivr.domain.hours import is_open
 from ivr.domain.kpi import KpiAccumulator, report_document
 from ivr.sim.conf_loader import product_config
 from ivr.sim.config import SimConfig
-from ivr.sim.run import start_sim
 from ivr.sim.traffic import TrafficGenerator
 from ivr.storage.reader import read_range
 from ivr.storage.writer import make_client
@@ -138,41 +135,25 @@ async def simulate(redis_url: str, tmp_path: Path, *, callbacks: bool) -> Outcom
     base = default_config()
     config: Config = replace(base, callbacks=replace(base.callbacks, enabled=callbacks))
     cfg = overload_sim(callbacks, tmp_path / f"queue_log-{callbacks}")
-    running = await start_sim(
+    running, controller = await start_with_controller(
+        config,
         cfg,
         seed=SEED,
         speed=SPEED,
-        ami_port=0,
-        username=config.ami.username,
         secret="overload",
-        traffic=False,
-        start_epoch=start_of_demo_day(time.time()),
-    )
-    sim = running.sim
-    legs = Legs()
-    sim.add_listener(legs.listener)
-    assert running.ami is not None
-    controller = Controller(
-        config,
-        Endpoints(
-            ami_port=running.ami.port,
-            ami_secret="overload",
-            agi_port=0,
-            redis_url=redis_url,
-            spool_path=str(tmp_path / f"spool-{callbacks}.jsonl"),
-        ),
-        clock=sim.now,
+        redis_url=redis_url,
+        spool_path=str(tmp_path / f"spool-{callbacks}.jsonl"),
+        connect_timeout_s=10,
         web=False,
         dispatch=dispatch_settings(),
         appointment_poll_s=1.0,
         callback_grace_s=2.0,
     )
+    sim = running.sim
+    legs = Legs()
+    sim.add_listener(legs.listener)  # no call yet: the generator starts them below
     store: dict[str, CallbackRequest] = {}
     try:
-        await controller.start()
-        await asyncio.wait_for(controller.ami.wait_connected(), 10)
-        sim.globals["IVR_AGI_HOST"] = "127.0.0.1"
-        sim.globals["IVR_AGI_PORT"] = str(controller.agi.port)
         generator = TrafficGenerator(sim)
         await asyncio.wait_for(generator.run(), 600)
         # Then until every call has ended and the dispatcher has nothing it may dial today.
