@@ -41,6 +41,8 @@ CONTRACT_VARS = {
     "IVR_REASON",
     "IVR_CASE",
     "IVR_CALLBACK_ID",
+    "IVR_CALLBACK_DIAL",
+    "IVR_CB_FORGET",
 }
 # [globals] of extensions.conf that also start with IVR_ (not channel variables).
 IVR_GLOBALS = {"IVR_AGI_HOST", "IVR_AGI_PORT", "IVR_TRUNK", "IVR_DEFAULT_QTIMEOUT"}

@@ -57,6 +57,10 @@ CUSTOMERS: dict[str, list[str]] = {
 }
 
 
+#: dp-callback.conf [callback-forget], inline.
+FORGET = 'ExecIf($["${IVR_CB_FORGET}" != ""]?Set(DB_DELETE(decroche-cb/${IVR_CB_FORGET})=))'
+
+
 def sim_config(agents: tuple[str, ...] = ("201", "202")) -> SimConfig:
     cfg = default_config()
     cfg.globals = {f"DEF{a}": "1:300" for a in agents}  # an agent answers in 1 s; the customer ends the call
@@ -82,13 +86,21 @@ def sim_config(agents: tuple[str, ...] = ("201", "202")) -> SimConfig:
                 "Hangup()",
             ]
         },
-        # [callback-dial]: once the agent answered, dial the customer
+        # [callback-dial]: once the agent answered, dial the customer; 'h' keeps the outcome in
+        # AstDB ([callback-recorded] is left out: no AGI here), [callback-forget] deletes a key
+        # the controller read back
         "callback-dial": {
             "_0[1-79]XXXXXXXX": [
                 "NoOp(callback ${IVR_CALLBACK_ID}: agent answered, dialling ${EXTEN})",
+                "Set(DP_CBSTATUS=CANCEL)",
+                FORGET,
                 "Dial(Local/${EXTEN}@customers,30)",
                 "Hangup()",
-            ]
+            ],
+            "h": [
+                'ExecIf($["${DIALSTATUS}" != ""]?Set(DP_CBSTATUS=${DIALSTATUS}))',
+                "Set(DB(decroche-cb/${IVR_CALLBACK_ID})=${IVR_CALLBACK_DIAL}:${DP_CBSTATUS})",
+            ],
         },
         # caller-first: [callback-customer] dials the customer, [callback-caller-first] queues them
         "callback-customer": {"_0[1-79]XXXXXXXX": ["Dial(Local/${EXTEN}@customers,30)", "Hangup()"]},
@@ -437,8 +449,49 @@ async def test_a_controller_started_after_the_crash_adopts_the_call_in_progress(
     assert b.dispatcher.stats.liveness_checks >= 1
 
 
-async def test_a_call_gone_without_an_outcome_is_dialled_again(rig: Rig, nodes: list[Node]) -> None:
-    """Nobody saw how the call ended (every controller was down): back to pending, counted."""
+async def test_a_call_gone_while_no_controller_ran_is_settled_from_astdb(rig: Rig, nodes: list[Node]) -> None:
+    """Every controller was down when the call ended: the outcome 'h' kept in AstDB settles
+    it (DBGet), the customer is not dialled again, and the next call deletes the key."""
+    a = Node(rig, "ctl-a")
+    nodes.append(a)
+    await a.start(dispatch=False)
+    cid = await ask(a, "0611111111", -60, "u1")  # answers after 1 s, talks 3 s
+    a.run()
+    await wait_for(lambda: a.dispatcher.stats.originates >= 1, what="the Originate")
+    await a.kill()
+    nodes.remove(a)
+    await wait_for(lambda: not rig.sim.channels, what="the call over")
+    assert rig.sim.astdb.get("decroche-cb", cid) == "1:ANSWER"
+    b = Node(rig, "ctl-b", config=settings(retry_delay_s=3600.0))
+    nodes.append(b)
+    await b.start()
+
+    async def settled() -> bool:
+        req = await b.store.get(cid)
+        return req is not None and req.status != "dialing"
+
+    await wait_for(settled, what="the request settled")
+    req = await b.store.get(cid)
+    assert req is not None and (req.status, req.reason, req.attempts) == ("completed", "answered", 1)
+    assert b.dispatcher.stats.outcomes_kept == 1 and b.dispatcher.stats.adopted == 1
+    [connected] = rig.unique_events("callback.connected")
+    assert connected.data["source"] == "astdb"
+    assert not rig.unique_events("callback.retry")
+    assert rig.observed.customer_legs == Counter({"0611111111": 1})
+    # the key stays until the next callback call deletes it (IVR_CB_FORGET)
+    assert rig.sim.astdb.get("decroche-cb", cid) == "1:ANSWER"
+    other = await ask(b, "0622222222", -10, "u2")
+    await wait_for(lambda: all_closed(b.store, [other]), what="the next callback")
+    assert rig.sim.astdb.get("decroche-cb", cid) is None
+    assert rig.observed.customer_legs == Counter({"0611111111": 1, "0622222222": 1})
+
+
+@pytest.mark.parametrize("kept", [None, "7:ANSWER"], ids=["no key", "another dial's key"])
+async def test_a_call_gone_without_any_outcome_is_dialled_again(
+    rig: Rig, nodes: list[Node], kept: str | None
+) -> None:
+    """Nobody saw how the call ended and AstDB kept nothing for this dial: back to pending,
+    counted (an outcome kept for another dial of the request does not count)."""
     a = Node(rig, "ctl-a")
     nodes.append(a)
     await a.start(dispatch=False)
@@ -449,6 +502,10 @@ async def test_a_call_gone_without_an_outcome_is_dialled_again(rig: Rig, nodes: 
     nodes.remove(a)
     # the call is over while no controller is watching
     await wait_for(lambda: not rig.sim.channels, what="the call over")
+    assert rig.sim.astdb.get("decroche-cb", cid) == "1:BUSY"
+    rig.sim.astdb.delete("decroche-cb", cid)  # e.g. an AstDB lost with its disk
+    if kept is not None:
+        rig.sim.astdb.put("decroche-cb", cid, kept)
     b = Node(rig, "ctl-b", config=settings(retry_delay_s=3600.0))
     nodes.append(b)
     await b.start()
@@ -461,6 +518,7 @@ async def test_a_call_gone_without_an_outcome_is_dialled_again(rig: Rig, nodes: 
     req = await b.store.get(cid)
     assert req is not None and req.reason == "outcome_unknown" and req.join_ts < req.created
     assert [e.data["reason"] for e in rig.unique_events("callback.retry")] == ["outcome_unknown"]
+    assert b.dispatcher.stats.outcomes_kept == 0
 
 
 async def test_the_result_agi_settles_a_dial(rig: Rig, nodes: list[Node]) -> None:

@@ -631,16 +631,28 @@ def test_callback_greet_for_an_unknown_request_still_queues(config: Config) -> N
     assert (run.line.set_vars["IVR_ACTION"], run.line.set_vars["IVR_QUEUE"]) == ("queue", "cpam")
 
 
-def test_callback_result_reports_the_dial_status(config: Config) -> None:
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (CallbackReported(True, "completed"), "callback_answer"),
+        (CallbackReported(False, "completed", "not_dialing"), "callback_answer_unchanged"),
+        (CallbackReported(False, "", "missing"), "callback_answer_unchanged"),
+        (CallbackReported(False, "", "unavailable"), "callback_answer_unrecorded"),
+    ],
+)
+def test_callback_result_reports_the_dial_status(
+    config: Config, reply: CallbackReported, reason: str
+) -> None:
+    """IVR_REASON tells the dialplan whether to drop its AstDB copy (only ..._unrecorded keeps it)."""
     line = Line(
         [],
         variables={"IVR_CALLBACK_DIAL": "2"},
-        handlers={ReportCallback: lambda r: CallbackReported(True, "completed")},
+        handlers={ReportCallback: lambda r: reply},
     )
     run = run_script(config, "callback-result", line, args=("cb42", "answer"))
     assert run.asked(ReportCallback) == [ReportCallback("cb42", "ANSWER", 2)]
-    assert run.line.set_vars == {}  # a dead channel: nothing set
-    assert run.decision.reason == "callback_answer"
+    assert run.line.set_vars == {"IVR_REASON": reason}  # the only variable set on the dead channel
+    assert run.decision.reason == reason
 
 
 @pytest.mark.parametrize("args", [(), ("cb42",), ("", "ANSWER")])

@@ -35,8 +35,16 @@ Where outcomes come from (any of them settles the dial; the store applies the fi
 * the ``callback-result`` AGI (:meth:`CallbackDispatcher.report_result`, for the IVR);
 * liveness checks (``Status`` with ``Variables: IVR_CALLBACK_ID,IVR_CALLBACK_DIAL``) when an
   outcome is overdue or a dial was adopted: a ``;1`` in a bridge is a connected customer
-  (agent-first); a call gone without any outcome goes back to pending, attempt counted
-  (``outcome_unknown``).
+  (agent-first);
+* the outcome Asterisk itself keeps: ``h`` of ``dp-callback.conf`` writes it to AstDB
+  (family :data:`OUTCOME_FAMILY`, key the request id, value ``<dial>:<DIALSTATUS>``) before
+  the AGI. A call found gone without any outcome (every controller was down when it ended:
+  no AGI taken, no AMI client saw it) is settled from that copy, read with ``DBGet`` (the
+  ``reporting`` write class allows it, ``main/db.c``); only without one does it go back to
+  pending, attempt counted (``outcome_unknown``). The ``ivr`` AMI user cannot delete AstDB
+  keys (``DBDel`` needs ``system``): the dialplan deletes the key after an AGI that recorded
+  the outcome, and a key read back here is named in ``IVR_CB_FORGET`` of the next Originate,
+  whose dialplan deletes it.
 
 Crash safety: a flight renews its Redis lease while the call lasts. A controller killed
 mid-dial stops renewing; another dispatcher adopts the request once the lease has expired
@@ -75,6 +83,7 @@ if TYPE_CHECKING:
     from ivr.config import CallbackConfig
 
 __all__ = [
+    "OUTCOME_FAMILY",
     "AMIActions",
     "CallbackDispatcher",
     "DispatchSettings",
@@ -110,6 +119,12 @@ _ORIGINATE_REASONS: Final[dict[int, str]] = {
     5: "busy",
     8: "congestion",
 }
+
+
+#: AstDB family where ``dp-callback.conf`` keeps each call's outcome (key: the request id).
+OUTCOME_FAMILY: Final = "decroche-cb"
+#: Keys read back and not yet deleted by a call's ``IVR_CB_FORGET``: bounded, oldest dropped.
+_MAX_FORGET: Final = 1000
 
 
 def outcome_of_dialstatus(status: str) -> tuple[Outcome, str]:
@@ -218,6 +233,7 @@ class DispatcherStats:
     adopted: int = 0
     leases_lost: int = 0
     liveness_checks: int = 0
+    outcomes_kept: int = 0
     errors: int = 0
 
 
@@ -392,6 +408,7 @@ class CallbackDispatcher:
         self._last_sweep = float("-inf")
         self._live_cache: tuple[float, dict[str, _Live]] | None = None
         self._live_lock = asyncio.Lock()
+        self._forget: OrderedDict[str, None] = OrderedDict()
         self._running = False
         self._grace = 30.0
         self._exited = asyncio.Event()
@@ -671,6 +688,10 @@ class CallbackDispatcher:
             variables.append(("IVR_CASE", req.case))
         if s.priority is not None:
             variables.append(("IVR_PRIO", str(s.priority)))
+        if self._forget:
+            forget, _ = self._forget.popitem(last=False)
+            if forget != req.id:  # this call's own 'h' overwrites its key anyway
+                variables.append(("IVR_CB_FORGET", forget))
         for name, value in variables:
             if not value or any(c in value for c in ',"\r\n'):
                 raise LocalProtocolError(f"unsafe value for channel variable {name}: {value!r}")
@@ -827,8 +848,56 @@ class CallbackDispatcher:
                 await asyncio.shield(flight.settled)
         if flight.settled.done():
             return True
+        try:
+            kept = await self._kept_outcome(req.id, flight.dial)
+        except (AMIError, OSError) as exc:
+            log.warning("callback.dbget_failed", callback_id=req.id, error=str(exc))
+            return False  # Asterisk unreachable: keep the lease, ask again later
+        if flight.settled.done():
+            return True
+        if kept is not None:
+            outcome, reason = outcome_of_dialstatus(kept)
+            self.stats.outcomes_kept += 1
+            log.warning("callback.outcome_kept", callback_id=req.id, dial=flight.dial, status=kept)
+            await self._settle(flight, outcome, reason, count_attempt=outcome != "failed", source="astdb")
+            self._forget[req.id] = None
+            while len(self._forget) > _MAX_FORGET:
+                self._forget.popitem(last=False)
+            return True
         await self._settle(flight, "retry", "outcome_unknown", count_attempt=True, source="status")
         return True
+
+    async def _kept_outcome(self, callback_id: str, dial: int) -> str | None:
+        """The DIALSTATUS ``dp-callback.conf`` kept in AstDB for this dial, or None.
+
+        ``DBGet`` (``main/db.c``, ``manager_dbget``) answers ``Response: Success``,
+        ``EventList: start``, ``Message: Result will follow``, one ``DBGetResponse`` event
+        (``Family``, ``Key``, ``Val``) and ``DBGetComplete``; a missing key is ``Response:
+        Error`` / ``Message: Database entry not found``. A value kept for another dial of the
+        request (an older call) is ignored; so is any other error Asterisk answers (the call
+        is then without outcome, as before). Raises :class:`AMIError` or :class:`OSError`
+        when Asterisk could not be asked.
+        """
+        try:
+            reply = await self.ami.list_action(
+                "DBGet",
+                {"Family": OUTCOME_FAMILY, "Key": callback_id},
+                timeout=self.settings.ami_timeout_s,
+            )
+        except ActionError as exc:
+            if exc.message != "Database entry not found":
+                log.warning("callback.dbget_refused", callback_id=callback_id, error=exc.message)
+            return None
+        for item in reply.items:
+            if item.name != "DBGetResponse":
+                continue
+            dial_text, sep, status = (item.get("Val") or "").partition(":")
+            if not sep or not status:
+                return None
+            if dial_text and dial_text != str(dial):
+                return None  # an older dial's outcome
+            return status.strip().upper()
+        return None
 
     async def _live_calls(self, *, max_age: float) -> dict[str, _Live] | None:
         """Callbacks with channels up, from one ``Status`` (shared between flights)."""

@@ -380,8 +380,12 @@ def callback_greet(
 def callback_result(config: Config, call: CallInfo, *, clock: Clock, sink: EventSink) -> ServiceFlow:
     """Report a callback's customer DIALSTATUS to the service (``agi_arg_1`` id, ``agi_arg_2`` status).
 
-    Runs in ``h``: nothing is played or set. A report without an id or a status is told on
-    the console and dropped (the dispatcher's own AMI view still settles the dial).
+    Runs in ``h``: nothing is played; ``IVR_REASON`` (set on the dead channel: ``SET VARIABLE``
+    works in dead AGI, res/res_agi.c) says whether the outcome is recorded
+    (``callback_<status>``, or ``..._unchanged`` when it was settled before) or not
+    (``..._unrecorded``, the service is unavailable): only in the last case does the dialplan
+    keep its AstDB copy of the outcome for the dispatcher. A report without an id or a status
+    is told on the console and dropped (the dispatcher's own AMI view still settles the dial).
     """
     s = _Script(config, call, clock, sink)
     s.events.service = call.query.get("service", "")
@@ -392,10 +396,18 @@ def callback_result(config: Config, call: CallInfo, *, clock: Clock, sink: Event
         return Decision(action="hangup", service=s.events.service, lang="", reason="callback_result_invalid")
     dial = _seconds((yield from s.var(DIAL_VARIABLE)))
     reply = yield from s._ask(ReportCallback(callback_id, status, dial), CallbackReported)
+    if reply.changed:
+        reason = f"callback_{status.lower()}"
+    elif reply.status or reply.reason == "missing":
+        reason = f"callback_{status.lower()}_unchanged"  # settled before (AMI), or no such request
+    else:
+        # The service could not record it: the dialplan keeps the copy in AstDB (dp-callback.conf).
+        reason = f"callback_{status.lower()}_unrecorded"
+    yield from s._do(SetVar("IVR_REASON", reason))
     return Decision(
         action="hangup",
         service=s.events.service,
         lang="",
-        reason=f"callback_{status.lower()}" if reply.changed else f"callback_{status.lower()}_unchanged",
+        reason=reason,
         callback_id=callback_id,
     )

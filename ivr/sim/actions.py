@@ -3,6 +3,7 @@
 Responses carry Asterisk 22's texts (``main/manager.c``, ``apps/app_queue.c``), checked
 against the ``actions`` and ``member_admin`` recordings: e.g. ``Channel not specified``,
 ``No such channel``, ``Unable to add interface: Already there``, ``Interface not found``,
+AstDB's ``Database entry not found`` (``DBGet``/``DBPut``/``DBDel``, main/db.c),
 and for an unknown action ``Invalid/unknown command: FooBar. Use Action: ListCommands to
 show available commands.`` List actions return their items without ``ActionID``; the AMI
 front-end places it where Asterisk does (:mod:`ivr.sim.ami_server`).
@@ -175,6 +176,45 @@ async def action_setvar(sim: Simulator, a: Action) -> ActionResult:
     else:
         sim.set_var(None, name, value)
     return ActionResult.success("Variable Set")
+
+
+async def action_dbget(sim: Simulator, a: Action) -> ActionResult:
+    """``manager_dbget`` (main/db.c): a one-item list, or ``Database entry not found``."""
+    family, key = _h(a, "Family"), _h(a, "Key")
+    if not family:
+        return ActionResult.error("No family specified.")
+    if not key:
+        return ActionResult.error("No key specified.")
+    value = sim.astdb.get(family, key)
+    if value is None:
+        return ActionResult.error("Database entry not found")
+    item: Headers = [("Family", family), ("Key", key), ("Val", value)]
+    return ActionResult(
+        "Success", [], ListReply([("DBGetResponse", item)], "DBGetComplete", [], "Result will follow")
+    )
+
+
+async def action_dbput(sim: Simulator, a: Action) -> ActionResult:
+    """``manager_dbput`` (main/db.c); its texts have no final dot, unlike DBGet's and DBDel's."""
+    family, key = _h(a, "Family"), _h(a, "Key")
+    if not family:
+        return ActionResult.error("No family specified")
+    if not key:
+        return ActionResult.error("No key specified")
+    sim.astdb.put(family, key, _h(a, "Val"))
+    return ActionResult.success("Updated database successfully")
+
+
+async def action_dbdel(sim: Simulator, a: Action) -> ActionResult:
+    """``manager_dbdel`` (main/db.c): ``ast_db_del2`` fails on a missing key."""
+    family, key = _h(a, "Family"), _h(a, "Key")
+    if not family:
+        return ActionResult.error("No family specified.")
+    if not key:
+        return ActionResult.error("No key specified.")
+    if not sim.astdb.delete(family, key):
+        return ActionResult.error("Database entry could not be deleted")
+    return ActionResult.success("Key deleted successfully")
 
 
 def _duration(seconds: float) -> str:
@@ -475,6 +515,9 @@ ACTIONS: Final[dict[str, Handler]] = {
     "queuepause": action_queuepause,
     "queuepenalty": action_queuepenalty,
     "queuelog": action_queuelog,
+    "dbget": action_dbget,
+    "dbput": action_dbput,
+    "dbdel": action_dbdel,
 }
 
 

@@ -520,7 +520,7 @@ class _Session:
         return ok
 
     def _database(self, name: str, args: tuple[str, ...]) -> tuple[int, str]:
-        db = self.sim.astdb
+        db = self.sim.astdb.entries
         n = len(args)
         if name == "DATABASE GET":
             if n != 2:

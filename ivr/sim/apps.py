@@ -140,6 +140,11 @@ def _write_function(sim: Simulator, chan: Channel, name: str, value: str) -> Non
     ``TIMEOUT(absolute)`` arms the channel's absolute timeout (func_timeout.c: 0 disarms);
     ``CHANNEL(x)`` and other functions are kept so that ``${CHANNEL(x)}`` reads them back.
     """
+    handled, db_result = sim.astdb.write_function(name, value)
+    if handled:
+        if db_result is not None:
+            sim.set_var(chan, "DB_RESULT", db_result)
+        return
     if name == _TIMEOUT_ABS:
         try:
             seconds = float(value) if value.strip() else 0.0

@@ -267,6 +267,13 @@ class Channel:
             return self.con_name
         if name == "EPOCH":
             return str(int(self.sim.now()))
+        if name.startswith("DB") and name.endswith(")"):
+            found = self.sim.astdb.read_function(name)
+            if found is not None:
+                value, result = found
+                if result is not None:
+                    self.sim.set_var(self, "DB_RESULT", result)
+                return value
         return self.sim.globals.get(name)
 
     # -- waiting -------------------------------------------------------------------------

@@ -9,7 +9,9 @@ Substitution covers ``${VAR}``, ``${VAR:offset}``/``${VAR:offset:length}`` (nega
 count from the end, as Asterisk's substring does), the channel builtins the engine passes
 in (EXTEN, CONTEXT, CHANNEL, UNIQUEID, CALLERID(num), CALLERID(name), ...), the functions
 ``IF(cond?a:b)``, ``LEN(x)``, ``ISNULL(x)`` and one simulator function,
-``${DEFAULT(VAR,value)}``: the variable if set and not empty, else ``value``.
+``${DEFAULT(VAR,value)}``: the variable if set and not empty, else ``value``. AstDB
+(:class:`AstDB`) backs ``DB(family/key)``, ``DB_EXISTS`` and ``DB_DELETE`` (funcs/func_db.c),
+read through the channel's lookup and written by ``Set()``.
 
 ``$[...]`` expressions are evaluated as ``main/ast_expr2.y`` does for the operators a
 dialplan writes in practice (``|``, ``&``, comparisons, arithmetic, ``!``, unary ``-``,
@@ -29,6 +31,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 __all__ = [
+    "AstDB",
     "Dialplan",
     "Step",
     "evaluate_expression",
@@ -555,3 +558,77 @@ class Dialplan:
             if step.label == label_or_priority:
                 return i
         return None
+
+
+#: Dialplan functions on AstDB, read side (funcs/func_db.c): name -> reader.
+_DB_READS: Final = frozenset({"DB", "DB_EXISTS", "DB_DELETE"})
+
+
+class AstDB:
+    """The PBX's AstDB (``main/db.c``): values by family and key, kept across calls.
+
+    Read by ``${DB(family/key)}`` (empty when missing), ``${DB_EXISTS(family/key)}`` (1/0)
+    and ``${DB_DELETE(family/key)}`` (the value, then gone); written by
+    ``Set(DB(family/key)=value)`` and ``Set(DB_DELETE(family/key)=)``; reached over AMI by
+    ``DBGet``/``DBPut``/``DBDel`` (:mod:`ivr.sim.actions`). The argument splits at the first
+    ``/`` (``AST_NONSTANDARD_APP_ARGS`` with two arguments: the key keeps any further ``/``).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def get(self, family: str, key: str) -> str | None:
+        return self.entries.get((family, key))
+
+    def put(self, family: str, key: str, value: str) -> None:
+        self.entries[(family, key)] = value
+
+    def delete(self, family: str, key: str) -> bool:
+        return self.entries.pop((family, key), None) is not None
+
+    @staticmethod
+    def _split(arg: str) -> tuple[str, str] | None:
+        family, sep, key = arg.partition("/")
+        return (family, key) if sep and family else None
+
+    def read_function(self, expr: str) -> tuple[str, str | None] | None:
+        """``${expr}`` if it is an AstDB function: (value, ``DB_RESULT`` to set or None).
+
+        None when ``expr`` is no AstDB function. As func_db.c: ``DB`` sets ``DB_RESULT`` only
+        when the key exists, ``DB_EXISTS`` too (to the value), ``DB_DELETE`` always (empty
+        for a missing key). A malformed argument (no ``/``) reads as empty.
+        """
+        name, paren, rest = expr.partition("(")
+        if not paren or name not in _DB_READS or not rest.endswith(")"):
+            return None
+        where = self._split(rest[:-1])
+        if where is None:
+            return ("", None)
+        value = self.get(*where)
+        if name == "DB":
+            return (value, value) if value is not None else ("", None)
+        if name == "DB_EXISTS":
+            return ("1", value) if value is not None else ("0", None)
+        if value is not None:
+            self.delete(*where)
+        return (value or "", value or "")
+
+    def write_function(self, name: str, value: str) -> tuple[bool, str | None]:
+        """``Set(name=value)`` if ``name`` is ``DB(...)`` or ``DB_DELETE(...)``.
+
+        Returns (handled, ``DB_RESULT`` to set or None). ``DB_DELETE`` written deletes as its
+        read does (``function_db_delete_write``).
+        """
+        func, paren, rest = name.partition("(")
+        if not paren or func not in ("DB", "DB_DELETE") or not rest.endswith(")"):
+            return (False, None)
+        where = self._split(rest[:-1])
+        if where is None:
+            return (True, None)
+        if func == "DB":
+            self.put(*where, value)
+            return (True, None)
+        old = self.get(*where)
+        if old is not None:
+            self.delete(*where)
+        return (True, old or "")

@@ -53,7 +53,7 @@ from ivr.sim.channel import (
 )
 from ivr.sim.clock import Scheduler
 from ivr.sim.config import SimConfig, default_config
-from ivr.sim.dialplan import Dialplan, split_args, substitute
+from ivr.sim.dialplan import AstDB, Dialplan, split_args, substitute
 
 __all__ = ["Mailbox", "OriginateRequest", "Simulator"]
 
@@ -210,8 +210,9 @@ class Simulator:
         self.events_emitted = 0
         self.event_counts: Counter[str] = Counter()
         self.calls_originated = 0
-        #: AstDB of the simulated PBX (FastAGI DATABASE GET/PUT/DEL).
-        self.astdb: dict[tuple[str, str], str] = {}
+        #: AstDB of the simulated PBX (FastAGI DATABASE GET/PUT/DEL, DB() in the dialplan,
+        #: AMI DBGet/DBPut/DBDel).
+        self.astdb = AstDB()
         path = queue_log_path if queue_log_path is not None else self.config.queue_log
         self.queue_log_path: Path | None = Path(path) if path is not None else None
         self.queues = QueueManager(self)
@@ -354,6 +355,18 @@ class Simulator:
 
     def emit(self, name: str, privilege: str, headers: Headers) -> None:
         """Send an event to every listener: ``Privilege``, ``Timestamp`` then ``headers``."""
+        listeners = self._takers(name, privilege, headers, chan=False)
+        if listeners:
+            self._dispatch(listeners, name, [_privilege(privilege), self._timestamp(), *headers])
+
+    def _takers(
+        self, name: str, privilege: str, headers: Sequence[tuple[str, str]], *, chan: bool
+    ) -> tuple[EventListener, ...]:
+        """Count the event, then the listeners that take it, judged before it is built.
+
+        ``headers`` are what is known before building (the channel's snapshot aside, for
+        ``chan``): an event no listener takes costs no more than this.
+        """
         self.clock.activity += 1
         self.events_emitted += 1
         self.event_counts[name] += 1
@@ -363,9 +376,8 @@ class Simulator:
             route = self._route(name, privilege)
         listeners = route.listeners
         if listeners is None:
-            listeners = route.select(headers, route.plain_safe)
-        if listeners:
-            self._dispatch(listeners, name, [_privilege(privilege), self._timestamp(), *headers])
+            listeners = route.select(headers, route.chan_safe if chan else route.plain_safe)
+        return listeners
 
     def _dispatch(self, listeners: tuple[EventListener, ...], name: str, full: Headers) -> None:
         for listener in listeners:
@@ -378,16 +390,7 @@ class Simulator:
         self, name: str, chan: Channel, extra: Sequence[tuple[str, str]] = (), privilege: str = CALL
     ) -> None:
         """An event about one channel: its snapshot headers, then ``extra``."""
-        self.clock.activity += 1
-        self.events_emitted += 1
-        self.event_counts[name] += 1
-        try:
-            route = self._routes[name][privilege]
-        except KeyError:
-            route = self._route(name, privilege)
-        listeners = route.listeners
-        if listeners is None:
-            listeners = route.select(extra, route.chan_safe)
+        listeners = self._takers(name, privilege, extra, chan=True)
         if listeners:
             self._dispatch(
                 listeners, name, [_privilege(privilege), self._timestamp(), *chan.snapshot(), *extra]
