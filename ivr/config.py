@@ -192,8 +192,24 @@ def _resolve_secret(
 
 @dataclass(frozen=True, slots=True)
 class WebConfig:
+    """The supervisors' HTTP side.
+
+    ``token`` / ``token_env``: a bearer token that every request changing something
+    (cancelling a callback) must carry; reads stay open (aggregate figures and masked
+    numbers). Without one, changes are open to whoever reaches the port, which is why the
+    port listens on the loopback by default.
+    """
+
     host: str = "127.0.0.1"
     port: int = 8080
+    token: str | None = None
+    token_env: str | None = None
+
+    def resolve_token(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The token (None when none is configured), read from the environment now."""
+        if self.token is None and self.token_env is None:
+            return None
+        return _resolve_secret("web", "token", self.token, self.token_env, environ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -969,7 +985,15 @@ def _redis(t: _Table) -> RedisConfig:
 
 def _web(t: _Table) -> WebConfig:
     d = WebConfig()
-    cfg = WebConfig(host=t.text("host", d.host), port=_port(t, "port", d.port))
+    token = t.opt_text("token")
+    token_env = t.opt_text("token_env", pattern=_ENV_RE, what="an environment variable name")
+    if t.has("token") and t.has("token_env"):
+        t.error("token_env", "give token or token_env, not both")
+    if token is not None and len(token) < 16:
+        t.error("token", "too short: use at least 16 characters (e.g. `openssl rand -hex 16`)")
+    cfg = WebConfig(
+        host=t.text("host", d.host), port=_port(t, "port", d.port), token=token, token_env=token_env
+    )
     t.done()
     return cfg
 

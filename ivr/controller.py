@@ -140,6 +140,7 @@ class Controller:
         self.stream_key = config.redis.stream
         self.redis_url = ep.redis_url or config.redis.url
         self.hasher = NumberHasher(config.redis.resolve_hash_key())
+        self.web_token = config.web.resolve_token()
         self.kpi_settings = settings_from_config(config)
         self.tracker = StateTracker(hash_number=self.hasher)
         self.kpi = KpiAccumulator(self.kpi_settings)
@@ -504,6 +505,7 @@ class Controller:
             history=self.history,
             tail=redis_tail(self._redis, self.stream_key),
             registry=self.registry,
+            write_token=self.web_token,
         )
         app = create_app(sources)
         if self.callbacks is not None:

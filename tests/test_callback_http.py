@@ -151,3 +151,57 @@ async def test_bad_cancel_requests(
     assert (await resp.json())["code"] == code
     got = await h.store.get(req.callback_id)
     assert got is not None and got.status == "pending"  # nothing lost
+
+
+# -- the supervisors' token ---------------------------------------------------------------------
+
+TOKEN = "a-supervisor-token-0123456789"
+
+
+@pytest.fixture
+async def guarded(redis_client: redis.asyncio.Redis) -> AsyncIterator[tuple[TestClient[Any, Any], Harness]]:
+    """The routes mounted as the controller mounts them: on the app of a token-guarded web side."""
+    from ivr.web.app import WebSources, create_app
+
+    harness = Harness(redis_client)
+    sources = WebSources(queues=dict, live_kpi=lambda q: {}, health=dict, write_token=TOKEN)
+    app = create_app(sources)
+    add_routes(app, harness.service)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client, harness
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}"],
+)
+async def test_a_cancel_without_the_token_is_refused_and_changes_nothing(
+    guarded: tuple[TestClient[Any, Any], Harness], authorization: str | None
+) -> None:
+    client, h = guarded
+    req = await h.service.request(call="u1", number="0611111111", queue="caf")
+    headers = {} if authorization is None else {"Authorization": authorization}
+    resp = await client.post(f"/api/callbacks/{req.callback_id}/cancel", headers=headers)
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "token" in (await resp.json())["error"]
+    stored = await h.store.get(req.callback_id)
+    assert stored is not None and stored.status == "pending"
+    assert not [e for e in h.events if e.type == "callback.cancelled"]
+
+
+async def test_with_the_token_a_supervisor_cancels_and_reads_stay_open(
+    guarded: tuple[TestClient[Any, Any], Harness],
+) -> None:
+    client, h = guarded
+    req = await h.service.request(call="u1", number="0611111111", queue="caf")
+    listed = await client.get("/api/callbacks")  # no token: reading is open
+    assert listed.status == 200 and (await listed.json())["count"] == 1
+    resp = await client.post(
+        f"/api/callbacks/{req.callback_id}/cancel", headers={"Authorization": f"bearer {TOKEN}"}
+    )
+    assert resp.status == 200 and (await resp.json())["status"] == "cancelled"

@@ -574,3 +574,28 @@ def test_shared_pool_queue_cannot_be_a_menu_target() -> None:
         "t.toml: services.mairie.menus.main.options.\"2\".queue: queue 'pool' belongs to no service "
         "(a shared pool), not 'mairie'"
     ]
+
+
+def test_the_web_token_inline_or_from_the_environment() -> None:
+    assert parse_config(MINIMAL, source="t.toml").web.resolve_token() is None  # no token: no check
+    inline = parse_config(with_('[web]\ntoken = "0123456789abcdef-token"'), source="t.toml")
+    assert inline.web.resolve_token() == "0123456789abcdef-token"
+    from_env = parse_config(with_('[web]\ntoken_env = "DECROCHE_WEB_TOKEN"'), source="t.toml")
+    environ = {"DECROCHE_WEB_TOKEN": "from-the-environment"}
+    assert from_env.web.resolve_token(environ) == "from-the-environment"
+    with pytest.raises(ConfigError, match=r"web\.token_env: environment variable DECROCHE_WEB_TOKEN is not"):
+        from_env.web.resolve_token({})
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[web]\ntoken = "short"', "t.toml: web.token: too short: use at least 16 characters"),
+        ('[web]\ntoken = "0123456789abcdef-token"\ntoken_env = "X"', "t.toml: web.token_env: give token or"),
+        ('[web]\ntoken_env = "not a name"', "t.toml: web.token_env:"),
+        ("[web]\ntoken = 12", "t.toml: web.token: expected"),
+    ],
+)
+def test_bad_web_tokens_are_refused(extra: str, expected: str) -> None:
+    found = problems(with_(extra))
+    assert any(p.startswith(expected) for p in found), found

@@ -126,7 +126,8 @@ def test_addresses_agree_between_compose_config_toml_and_asterisk() -> None:
     assert config.redis.url.startswith("redis://redis:")
     assert config.redis.hash_key_env == "DECROCHE_HASH_KEY"
     controller_env = services["controller"]["environment"]
-    assert {"DECROCHE_AMI_SECRET", "DECROCHE_HASH_KEY"} <= set(controller_env)
+    assert {"DECROCHE_AMI_SECRET", "DECROCHE_HASH_KEY", "DECROCHE_WEB_TOKEN"} <= set(controller_env)
+    assert config.web.token_env == "DECROCHE_WEB_TOKEN"  # the dashboard listens on 0.0.0.0 in there
     mounts = services["controller"]["volumes"]
     assert "./config.toml:/etc/decroche/config.toml:ro" in mounts
     dockerfile = (DOCKER / "controller.Dockerfile").read_text(encoding="utf-8")

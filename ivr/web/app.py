@@ -16,11 +16,16 @@ Routes
                              (``Last-Event-ID`` resumes after a reconnect)
   ``GET /metrics``           Prometheus text format
 Bad requests get a 400 with a JSON body that says which parameter is wrong and why.
+
+With a token configured (``[web] token`` / ``token_env``), every request that changes
+something (any method but GET and HEAD, e.g. ``POST /api/callbacks/{id}/cancel``) must
+carry ``Authorization: Bearer <token>``, else it gets a 401; reads stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = structlog.get_logger(__name__)
@@ -54,6 +60,8 @@ class WebSources:
     tail: TailFn | None = None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     snapshot_interval: float = 1.0
+    #: Bearer token that changes (any method but GET/HEAD) must carry; None: no check.
+    write_token: str | None = None
 
 
 class BadRequest(ValueError):
@@ -106,6 +114,27 @@ async def _errors(
     except Exception:
         log.exception("http handler failed", path=request.path)
         return _error(500, "internal error")
+
+
+def _bearer_check(token: str) -> Middleware:
+    """A middleware that refuses changes without the supervisors' token."""
+    expected = token.encode()
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD"):
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            response = _error(401, "this change needs the supervisors' token (Authorization: Bearer ...)")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="decroche"'
+            return response
+        return await handler(request)
+
+    return check
 
 
 def _sources(request: web.Request) -> WebSources:
@@ -208,7 +237,10 @@ async def index(request: web.Request) -> web.Response:
 
 def create_app(sources: WebSources) -> web.Application:
     """Build the aiohttp application around injected sources."""
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    middlewares: list[Middleware] = [_errors]
+    if sources.write_token:
+        middlewares.append(_bearer_check(sources.write_token))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SOURCES_KEY] = sources
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
