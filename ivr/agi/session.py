@@ -427,13 +427,12 @@ class AGISession(asyncio.BufferedProtocol):
             return HUNG_UP  # the caller is gone: no more media, no more variables
         if kind in _REQUEST_KINDS:
             return self._ask(cast(Request, step))
-        channel_step = cast(Step, step)
-        plan = _PLANS.get(channel_step)
+        plan = _PLANS.get(step)
         if plan is None:
-            plan = _plan(channel_step)
-        command, on_reply, media, extra = plan
-        self._step = channel_step
-        self._send(command, self.media_timeout + extra if media else self.command_timeout, on_reply)
+            plan = _plan(cast(Step, step))
+        command, data, on_reply, media, extra = plan
+        self._step = step
+        self._send(command, self.media_timeout + extra if media else self.command_timeout, on_reply, data)
         return None
 
     # -- service requests ------------------------------------------------------------------------
@@ -470,13 +469,19 @@ class AGISession(asyncio.BufferedProtocol):
         except Exception as exc:
             self._end(Outcome.FLOW_FAILED, repr(exc), exc)
 
-    def _send(self, command: Command, limit: float, on_reply: ReplyHandler) -> None:
-        data = self.conn.send(command)
+    def _send(
+        self, command: Command, limit: float, on_reply: ReplyHandler, encoded: bytes | None = None
+    ) -> None:
+        data = self.conn.send(command, encoded)
         self._command = command
         self._on_reply = on_reply
         self._limit = limit
         self.commands_sent += 1
-        self._set_deadline(self._loop.time() + limit)
+        deadline = self._loop.time() + limit
+        if self._timer is not None and deadline >= self._timer_at:
+            self._deadline = deadline  # :meth:`_set_deadline` in short: the timer moves it on when due
+        else:
+            self._set_deadline(deadline)
         if self._paused:
             self._held = data
             return
@@ -573,34 +578,37 @@ class AGISession(asyncio.BufferedProtocol):
 # command, reply handler and time limit are worked out once and kept, bounded, so that a
 # command costs a lookup rather than a builder, a dataclass and an encoding.
 
-#: ``(command, reply handler, plays media, seconds added to the media limit)``
-Plan = tuple[Command, "ReplyHandler", bool, float]
-_PLANS: Final[dict[Step, Plan]] = {}
+#: ``(command, its line as sent, reply handler, plays media, seconds added to the media limit)``
+Plan = tuple[Command, bytes, "ReplyHandler", bool, float]
+#: Keyed by step; a request is never found there (typed ``object`` so that either may be looked up).
+_PLANS: Final[dict[object, Plan]] = {}
 _PLANS_MAX: Final = 4096
 _REQUEST_KINDS: Final = frozenset(REQUEST_TYPES)
 
 
 def _plan(step: Step) -> Plan:
-    plan: Plan
+    parts: tuple[Command, ReplyHandler, bool, float]
     if isinstance(step, SetVar):
-        plan = (agi.set_variable(step.name, step.value), _setvar_reply, False, 0.0)
+        parts = (agi.set_variable(step.name, step.value), _setvar_reply, False, 0.0)
     elif isinstance(step, GetDigits):
         command = agi.get_data(step.prompt, step.timeout_ms, step.max_digits)
-        plan = (command, _digits_reply, True, step.timeout_ms / 1000)
+        parts = (command, _digits_reply, True, step.timeout_ms / 1000)
     elif isinstance(step, Play):
-        plan = (agi.stream_file(step.prompt), _media_reply, True, 0.0)
+        parts = (agi.stream_file(step.prompt), _media_reply, True, 0.0)
     elif isinstance(step, Answer):
-        plan = (agi.answer(), _media_reply, True, 0.0)
+        parts = (agi.answer(), _media_reply, True, 0.0)
     elif isinstance(step, SayDigits):
-        plan = (agi.say_digits(step.digits), _media_reply, True, 0.0)
+        parts = (agi.say_digits(step.digits), _media_reply, True, 0.0)
     elif isinstance(step, GetVar):
-        plan = (agi.get_variable(step.name), _getvar_reply, False, 0.0)
+        parts = (agi.get_variable(step.name), _getvar_reply, False, 0.0)
     elif isinstance(step, Verbose):
-        plan = (agi.verbose(step.message), _ok_reply, False, 0.0)
+        parts = (agi.verbose(step.message), _ok_reply, False, 0.0)
     elif isinstance(step, Hangup):
-        plan = (agi.hangup(), _ok_reply, False, 0.0)
+        parts = (agi.hangup(), _ok_reply, False, 0.0)
     else:
         raise TypeError(f"unknown step {step!r}")
+    command, on_reply, media, extra = parts
+    plan: Plan = (command, command.encode(), on_reply, media, extra)
     if len(_PLANS) < _PLANS_MAX:
         _PLANS[step] = plan
     return plan

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Final, Literal, TypeVar
 
 from ivr.appointments.requests import (
@@ -54,7 +55,7 @@ from ivr.appointments.requests import (
     FreeSlots,
 )
 from ivr.appointments.slots import Slot
-from ivr.domain.events import CallEvent, Scalar, make_id
+from ivr.domain.events import CallEvent, Scalar
 
 __all__ = [
     "ACTIONS",
@@ -451,17 +452,22 @@ class EventRecorder:
         self.service = service
         self._started = clock()
         self._seq = 0
-        # make_id's parts but the rank, joined once: a call emits several events.
-        self._id_parts = ("agi", call.uniqueid, call.script, repr(self._started))
+        # make_id's parts but the rank, hashed once: a call emits several events, and each id
+        # is then this hash state carried on with the rank (blake2b hashes a stream: the same
+        # digest as make_id("agi", uniqueid, script, repr(started), rank)).
+        prefix = "\x1f".join(("agi", call.uniqueid, call.script, repr(self._started), ""))
+        self._id_state = blake2b(prefix.encode("utf-8"), digest_size=12)
         self.emitted: list[CallEvent] = []
 
     def emit(self, type_: str, *, queue: str = "", agent: str = "", **data: Scalar | None) -> CallEvent:
         self._seq += 1
+        ident = self._id_state.copy()
+        ident.update(str(self._seq).encode())
         event = CallEvent(
             type=type_,
             call=self.call.uniqueid,
             ts=self._clock(),
-            id=make_id(*self._id_parts, self._seq),
+            id=ident.hexdigest(),
             service=self.service,
             queue=queue,
             agent=agent,

@@ -652,6 +652,8 @@ class _LineReader:
         buf = self._buf
         end = buf.find(b"\n", self._scanned)
         if end < 0 or self._overlong:
+            if not buf:  # nothing buffered: what follows every reply handled
+                return None
             return self._no_line(end)
         stop = end - 1 if not self._keep_cr and end and buf[end - 1] == 13 else end  # CRLF
         if stop > self.max_line:
@@ -838,11 +840,15 @@ class AGIServerConnection:
         """
         return self._lines.buffered
 
-    def send(self, command: Command) -> bytes:
-        """Bytes to write for ``command``. Only one command may be outstanding."""
+    def send(self, command: Command, encoded: bytes | None = None) -> bytes:
+        """Bytes to write for ``command``. Only one command may be outstanding.
+
+        ``encoded``: ``command.encode()`` already worked out by a caller that sends the same
+        commands over and over (it is what is returned).
+        """
         if self.state is not ServerState.IDLE:
             raise LocalProtocolError(f"cannot send {command.name} in state {self.state.value}")
-        data = command.encode()
+        data = command.encode() if encoded is None else encoded
         self.state = ServerState.AWAITING_REPLY  # _SERVER_TRANSITIONS[IDLE, "send"]
         self.pending = command
         return data
@@ -854,9 +860,12 @@ class AGIServerConnection:
         # else, or anything they do not vouch for, takes the general path below.
         state = self.state
         if state is ServerState.AWAITING_REPLY:
-            line = self._lines.line()
+            lines = self._lines
+            if not lines._buf and not lines._eof:
+                return NEED_DATA  # every reply handled so far: the usual end of a read
+            line = lines.line()
             if line is None:
-                if not self._lines.eof:
+                if not lines._eof:
                     return NEED_DATA
             else:
                 if line.startswith("200 result="):
