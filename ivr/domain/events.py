@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -172,6 +172,54 @@ class CallEvent:
             data=load_data(f.get("data", "")),
             v=int(f.get("v", SCHEMA_VERSION)),
         )
+
+
+_Build = Callable[[str, str, float, str, str, str, str, str, Mapping[str, Scalar], int], CallEvent]
+
+
+def _unchecked_factory() -> _Build:
+    # the slot setters of CallEvent in field order, and object.__new__, as closure variables
+    t, c, s, i, se, q, a, so, d, vv = (
+        getattr(CallEvent, name).__set__
+        for name in ("type", "call", "ts", "id", "service", "queue", "agent", "source", "data", "v")
+    )
+    new = object.__new__
+
+    def unchecked_event(
+        type_: str,
+        call: str,
+        ts: float,
+        id_: str,
+        service: str,
+        queue: str,
+        agent: str,
+        source: str,
+        data: Mapping[str, Scalar],
+        v: int,
+    ) -> CallEvent:
+        """``CallEvent(type_, call, ...)`` without the check of ``type_``, which the caller has made.
+
+        For bulk readers (a day's recomputation reads half a million events): the frozen
+        dataclass's ``__init__`` sets each field through ``object.__setattr__``, more than
+        half the cost of an event; the slots are set here directly, to the same result.
+        """
+        event: CallEvent = new(CallEvent)
+        t(event, type_)
+        c(event, call)
+        s(event, ts)
+        i(event, id_)
+        se(event, service)
+        q(event, queue)
+        a(event, agent)
+        so(event, source)
+        d(event, data)
+        vv(event, v)
+        return event
+
+    return unchecked_event
+
+
+unchecked_event: Final = _unchecked_factory()
 
 
 def load_data(text: str | bytes) -> Any:

@@ -59,6 +59,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -180,7 +181,11 @@ def _visit_figures(visits: Sequence[QueueVisit], settings: KpiSettings) -> dict[
 
 
 def _touches(call: CallSummary, queue: str) -> bool:
-    return queue in call.asked_queues or any(v.queue == queue for v in call.visits)
+    if queue in call.asked_queues:
+        return True
+    # the queues a caller asked for include every named queue visited (summarize_call): only
+    # a callback's outgoing leg (which asks for none) can be in a queue it did not ask for
+    return (call.callback_leg or not queue) and any(v.queue == queue for v in call.visits)
 
 
 def kpi_block(
@@ -275,6 +280,9 @@ def _agents(calls: Sequence[CallSummary], queue: str | None) -> dict[str, dict[s
     }
 
 
+_start_then_call: Final = attrgetter("start", "call")
+
+
 def _iso(ts: float | None, tz: ZoneInfo) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz).isoformat()
 
@@ -324,13 +332,13 @@ class KpiAccumulator:
         The same steps as :meth:`add`, inlined: a day's recomputation files half a million.
         """
         seen, by_call, summaries, gaps = self._seen, self._events, self._summaries, self._gaps
-        isfinite = math.isfinite
         new = 0
         for event in events:
             event_id = event.id
             if event_id in seen:
                 continue
-            if not isfinite(event.ts):
+            ts = event.ts
+            if ts - ts != 0:  # not finite (inf - inf and nan - nan are nan): math.isfinite, inlined
                 self.rejected += 1
                 continue
             seen.add(event_id)
@@ -368,7 +376,7 @@ class KpiAccumulator:
             assert s is not None
             if (since is None or s.start >= since) and (until is None or s.start < until):
                 out.append(s)
-        out.sort(key=lambda s: (s.start, s.call))
+        out.sort(key=_start_then_call)
         return out
 
     def forget_before(self, ts: float) -> int:
@@ -398,12 +406,6 @@ class KpiAccumulator:
             keys = self._bucket_cache[minute] = (hour, local.date().isoformat())
         return keys
 
-    def _hour_of(self, call: CallSummary) -> str:
-        return self._buckets(call.start)[0]
-
-    def _day_of(self, call: CallSummary) -> str:
-        return self._buckets(call.start)[1]
-
     def report(
         self,
         since: float | None = None,
@@ -428,19 +430,24 @@ class KpiAccumulator:
         open_calls = [c for c in calls if c.in_hours]
         closed_calls = [c for c in calls if not c.in_hours]
 
-        def grouped(key: Any, *, by_name: bool = False) -> dict[str, list[CallSummary]]:
+        def grouped(keys: Iterable[str], *, by_name: bool = False) -> dict[str, list[CallSummary]]:
             # calls are in start order, so time buckets come out in time order (the
             # repeated hour of the autumn change included, which sorting names would swap)
             groups: dict[str, list[CallSummary]] = {}
-            for c in open_calls:
-                groups.setdefault(key(c), []).append(c)
+            for key, c in zip(keys, open_calls, strict=True):
+                groups.setdefault(key, []).append(c)
             return dict(sorted(groups.items())) if by_name else groups
 
+        buckets = [self._buckets(c.start) for c in open_calls]  # (hour, day) of each call
+        by_day = grouped([day for _, day in buckets])
+        by_hour = grouped([hour for hour, _ in buckets])
+
         if queue is None:
-            queue_names = sorted(
-                {q for c in open_calls for q in (*c.asked_queues, *(v.queue for v in c.visits))}
-            )
-            queue_names = [q for q in queue_names if q]
+            named: set[str] = set()
+            for c in open_calls:
+                named.update(c.asked_queues)
+                named.update([v.queue for v in c.visits])
+            queue_names = sorted(filter(None, named))
         else:
             queue_names = [queue]
         gaps = [
@@ -463,10 +470,10 @@ class KpiAccumulator:
             "queues": {q: kpi_block(open_calls, settings, q) for q in queue_names},
             "services": {
                 k: kpi_block(cs, settings, queue)
-                for k, cs in grouped(lambda c: c.service, by_name=True).items()
+                for k, cs in grouped([c.service for c in open_calls], by_name=True).items()
             },
-            "days": {k: kpi_block(cs, settings, queue) for k, cs in grouped(self._day_of).items()},
-            "hours": {k: kpi_block(cs, settings, queue) for k, cs in grouped(self._hour_of).items()},
+            "days": {k: kpi_block(cs, settings, queue) for k, cs in by_day.items()},
+            "hours": {k: kpi_block(cs, settings, queue) for k, cs in by_hour.items()},
             "agents": _agents(open_calls, queue),
             "out_of_hours": kpi_block(closed_calls, settings, queue),
             "gaps": len(gaps),

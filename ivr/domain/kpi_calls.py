@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Final
 
 from ivr.domain.events import CallEvent, Scalar
@@ -480,8 +481,11 @@ def _callbacks(call: str, events: list[CallEvent], default_queue: str) -> list[C
     return out
 
 
+_join_ts: Final = attrgetter("join_ts")
+
+
 def _ordered_unique(items: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(i for i in items if i))
+    return tuple(dict.fromkeys(filter(None, items)))
 
 
 def summarize_call(
@@ -551,13 +555,21 @@ def summarize_call(
         start = evs[0].ts
     open_now = hours_flag if hours_flag is not None else (in_hours(service, start) if in_hours else True)
 
-    visits = _visits(visit_events, ended)
-    first_queue = next((q for q in [*requested_queues, *(v.queue for v in visits)] if q), "")
-    callbacks = _callbacks(call, callback_events, first_queue)
+    # Below, plain loops and lists rather than generators: tens of thousands of calls a day
+    # recomputed, most with one visit and no callback.
+    visits = _visits(visit_events, ended) if visit_events else []
+    visit_queues = [v.queue for v in visits]
+    first_queue = next(filter(None, requested_queues + visit_queues), "")
+    callbacks = _callbacks(call, callback_events, first_queue) if callback_events else []
     # The AMI tracker's call.end says whether the dialplan reached Queue() even when no
     # queue event followed (hung up before joining) and no IVR event told us.
-    end_asked = any(_flag(d.get("asked_for_agent", "")) is True for d in end_says)
-    end_outcome = next((str(d["outcome"]) for d in end_says if d.get("outcome") in _FROM_END), None)
+    end_asked = False
+    end_outcome: str | None = None
+    for said in end_says:
+        if not end_asked and _flag(said.get("asked_for_agent", "")) is True:
+            end_asked = True
+        if end_outcome is None and said.get("outcome") in _FROM_END:
+            end_outcome = str(said["outcome"])
     agent_requested = bool(requested_queues) or end_asked
 
     answered = [v for v in visits if v.outcome == "answered"]
@@ -565,21 +577,17 @@ def summarize_call(
     handled_directly = bool(answered) and not leg
     completed = [cb for cb in callbacks if cb.status == "completed"]
     handled = handled_directly or (bool(completed) and not leg)
-    asked_queues = (
-        _ordered_unique(
-            [
-                *requested_queues,
-                *(v.queue for v in visits),
-                *(cb.queue for cb in callbacks),
-                *(e.queue for e in appointment),
-            ]
-        )
-        if not leg
-        else ()
-    )
-    handled_queues = (
-        _ordered_unique([*(v.queue for v in answered), *(cb.queue for cb in completed)]) if not leg else ()
-    )
+    if leg:
+        asked_queues: tuple[str, ...] = ()
+        handled_queues: tuple[str, ...] = ()
+    else:
+        names = requested_queues + visit_queues
+        if callbacks:
+            names += [cb.queue for cb in callbacks]
+        if appointment:
+            names += [e.queue for e in appointment]
+        asked_queues = _ordered_unique(names)
+        handled_queues = _ordered_unique([v.queue for v in answered] + [cb.queue for cb in completed])
 
     # waits: every finished visit up to (and including) the first answered one
     upto = visits.index(answered[0]) + 1 if answered else len(visits)
@@ -596,14 +604,14 @@ def summarize_call(
     elif appointment:
         outcome = "appointment"
     elif visits:
-        last = max(visits, key=lambda v: v.join_ts)
+        last = max(visits, key=_join_ts)
         outcome = "in_queue" if last.outcome == "waiting" else last.outcome
     elif agent_requested:
         outcome = end_outcome or ("abandoned_before_queue" if ended else "in_progress")
     else:
         outcome = "ivr_only" if ended else "in_progress"
 
-    decisive = answered[0] if answered else (max(visits, key=lambda v: v.join_ts) if visits else None)
+    decisive = answered[0] if answered else (max(visits, key=_join_ts) if visits else None)
     queue = decisive.queue if decisive and decisive.queue else first_queue
     if not queue and callbacks:
         queue = callbacks[0].queue
