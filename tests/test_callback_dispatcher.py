@@ -326,6 +326,11 @@ async def test_agent_first_callbacks_connect_retry_and_fail(rig: Rig, nodes: lis
     assert rig.observed.customer_legs == Counter({"0611111111": 1, "0622222222": 1, "0600000486": 2})
     assert rig.observed.max_up <= 2  # never more callbacks in flight than agents
 
+    # A request's closing event follows the store's update: wait for all three.
+    await wait_for(
+        lambda: len(rig.unique_events("callback.connected")) + len(rig.unique_events("callback.failed")) == 3,
+        what="the closing events",
+    )
     by_type = Counter(e.type for e in rig.unique_events())
     assert by_type == Counter(
         {
@@ -416,7 +421,9 @@ async def test_a_controller_killed_mid_dial_loses_nothing_and_dials_nobody_twice
     assert rig.observed.customer_legs == Counter({n: 1 for n in numbers})  # zero duplicates
     assert all(rig.observed.originates[cid] == 1 for cid in ids)
     assert rig.observed.max_up <= 2
-    assert len(rig.unique_events("callback.connected")) == len(ids)
+    await wait_for(  # each closing event follows the store's update
+        lambda: len(rig.unique_events("callback.connected")) == len(ids), what="every callback.connected"
+    )
     assert await b.store.ringing_count("caf") == 0
     assert await b.store.due_for_check(float("inf")) == []
 
@@ -474,6 +481,7 @@ async def test_a_call_gone_while_no_controller_ran_is_settled_from_astdb(rig: Ri
     req = await b.store.get(cid)
     assert req is not None and (req.status, req.reason, req.attempts) == ("completed", "answered", 1)
     assert b.dispatcher.stats.outcomes_kept == 1 and b.dispatcher.stats.adopted == 1
+    await wait_for(lambda: rig.unique_events("callback.connected"), what="callback.connected")
     [connected] = rig.unique_events("callback.connected")
     assert connected.data["source"] == "astdb"
     assert not rig.unique_events("callback.retry")
@@ -515,6 +523,8 @@ async def test_a_call_gone_without_any_outcome_is_dialled_again(
         return req is not None and req.status == "pending" and req.attempts == 1
 
     await wait_for(retried, what="the request back in line")
+    # The event follows the store's update (emitted once the script has answered).
+    await wait_for(lambda: rig.unique_events("callback.retry"), what="the retry event")
     req = await b.store.get(cid)
     assert req is not None and req.reason == "outcome_unknown" and req.join_ts < req.created
     assert [e.data["reason"] for e in rig.unique_events("callback.retry")] == ["outcome_unknown"]
