@@ -19,7 +19,9 @@ from ivr.storage.server import RedisServerProcess
 
 if TYPE_CHECKING:
     from ami_double import EngineDouble
+    from real_asterisk import AsteriskProcess
 
+    from ivr.ami.client import AMIClient
     from ivr.sim.ami_server import AMIServer
     from ivr.sim.api import Engine
 
@@ -87,3 +89,32 @@ async def server(engine: Engine) -> AsyncIterator[AMIServer]:
         yield srv
     finally:
         await srv.stop()
+
+
+# -- a real Asterisk (tests marked ``asterisk``; they skip without IVR_ASTERISK_BIN) -----------
+
+
+@pytest.fixture(scope="module")
+def asterisk() -> Iterator[AsteriskProcess]:
+    """One real Asterisk for the module, with the shipped configuration (``real_asterisk``)."""
+    from real_asterisk import asterisk_binary, free_port, running_asterisk
+
+    binary = asterisk_binary()  # raises if the variable names no executable
+    assert binary is not None
+    with running_asterisk(binary, agi_port=free_port()) as process:
+        yield process
+
+
+@pytest.fixture
+async def ami(asterisk: AsteriskProcess) -> AsyncIterator[AMIClient]:
+    """Our AMI client logged in to ``asterisk`` as the least-privilege ``ivr`` user."""
+    from real_asterisk import AMI_SECRET, AMI_USER
+
+    from ivr.ami.client import AMIClient
+
+    client = AMIClient("127.0.0.1", asterisk.config.ami_port, AMI_USER, AMI_SECRET, action_timeout=5.0)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -30,10 +30,7 @@ from real_asterisk import (
     ENV_VAR,
     SKIP_REASON,
     AsteriskProcess,
-    asterisk_binary,
     build_config,
-    free_port,
-    running_asterisk,
     shipped_contexts,
 )
 
@@ -123,25 +120,7 @@ def test_rig_config_changes_only_machine_specific_lines(tmp_path: Path) -> None:
     assert untouched and all(not changed[name] for name in untouched)
 
 
-# -- one Asterisk for the module ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def asterisk() -> Iterator[AsteriskProcess]:
-    binary = asterisk_binary()  # raises if the variable names no executable
-    assert binary is not None
-    with running_asterisk(binary, agi_port=free_port()) as process:
-        yield process
-
-
-@pytest.fixture
-async def ami(asterisk: AsteriskProcess) -> AsyncIterator[AMIClient]:
-    client = AMIClient("127.0.0.1", asterisk.config.ami_port, AMI_USER, AMI_SECRET, action_timeout=5.0)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
+# -- one Asterisk for the module: the ``asterisk`` and ``ami`` fixtures of conftest.py -----------
 
 
 async def originate_inbound(ami: AMIClient, did: str) -> None:

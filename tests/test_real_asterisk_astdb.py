@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from real_asterisk import (
-    AMI_SECRET,
-    AMI_USER,
     ENV_VAR,
     SKIP_REASON,
     AsteriskProcess,
-    asterisk_binary,
-    free_port,
-    running_asterisk,
 )
 from rigs import wait_for
 
@@ -38,24 +33,6 @@ from ivr.domain.ivr_ops import CallInfo, Clock, Decision, EventSink, Flow, SetVa
 
 needs_asterisk = pytest.mark.skipif(not os.environ.get(ENV_VAR, "").strip(), reason=SKIP_REASON)
 pytestmark = [pytest.mark.asterisk, needs_asterisk]
-
-
-@pytest.fixture(scope="module")
-def asterisk() -> Iterator[AsteriskProcess]:
-    binary = asterisk_binary()
-    assert binary is not None
-    with running_asterisk(binary, agi_port=free_port()) as process:
-        yield process
-
-
-@pytest.fixture
-async def ami(asterisk: AsteriskProcess) -> AsyncIterator[AMIClient]:
-    client = AMIClient("127.0.0.1", asterisk.config.ami_port, AMI_USER, AMI_SECRET, action_timeout=5.0)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def place_callback(ami: AMIClient, callback_id: str, *, forget: str = "") -> None:
