@@ -18,12 +18,11 @@ Per queue (one line per queue entry, like Asterisk):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ivr.domain.queue_log import QueueLogEntry, read_queue_log
+from ivr.domain.queue_log import QueueLogEntry
 
 #: queue_log events that end a stay in a queue -> outcome name used by the KPI engine.
 ENDINGS = {
@@ -153,8 +152,3 @@ def queue_log_stats(entries: Iterable[QueueLogEntry]) -> QueueLogStats:
     for fig in (*stats.queues.values(), stats.overall):
         fig.open_entries = {c: n for c, n in fig.open_entries.items() if n}
     return stats
-
-
-def queue_log_stats_from_file(path: str | os.PathLike[str]) -> QueueLogStats:
-    """:func:`queue_log_stats` of a queue_log file."""
-    return queue_log_stats(read_queue_log(path))

@@ -389,10 +389,6 @@ def _queue_log(sim: Simulator) -> list[QueueLogEntry]:
     return parse_queue_log("".join(line + "\n" for line in sim.queue_log_lines))
 
 
-def _of(events: list[Event], channel_prefix: str) -> list[Event]:
-    return [e for e in events if (e.get("Channel") or "").startswith(channel_prefix)]
-
-
 async def test_a_call_on_the_caf_number_runs_the_shipped_ivr_queue_and_survey(rig: Rig) -> None:
     rig.sim.originate(_caller("0199000001", "3WW12345678", survey="4"))
     caller = "Local/0199000001@from-trunk-"

@@ -55,7 +55,7 @@ from ivr.appointments.requests import (
     FreeSlots,
 )
 from ivr.appointments.slots import Slot
-from ivr.domain.ivr_ops import Step, StepResult
+from ivr.domain.ivr_ops import Step, StepResult, drive
 from ivr.logs import get_logger
 from ivr.storage.keys import DEFAULT_KEYS, Keys
 from ivr.storage.privacy import NumberHasher
@@ -461,19 +461,6 @@ async def drive_with_store(
     """Run a flow that yields channel steps *and* appointment requests to its end.
 
     Steps go to ``perform_step`` (whatever answers channel steps: a scripted caller in tests), requests
-    to the store. The flow is closed if either fails.
+    to the store (:func:`~ivr.domain.ivr_ops.drive` with the store as performer).
     """
-    try:
-        step = next(flow)
-        while True:
-            reply: StepResult | AppointmentReply
-            if isinstance(step, FindFreeSlots | BookSlot):
-                reply = await store.perform(step)
-            else:
-                reply = await perform_step(step)
-            step = flow.send(reply)
-    except StopIteration as stop:
-        result: R = stop.value
-        return result
-    finally:
-        flow.close()
+    return await drive(flow, perform_step, store.perform)

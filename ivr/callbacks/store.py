@@ -527,9 +527,6 @@ class CallbackStore:
         ids = await self.redis.zrange(self.keys.cb_queue(queue), start, start + count - 1)
         return await self.get_many([_s(i) for i in ids])
 
-    async def pending_count(self, queue: str) -> int:
-        return int(await self.redis.zcard(self.keys.cb_queue(queue)))
-
     async def line_counts(self, queue: str, at: float, callback_id: str | None = None) -> LineCounts:
         """Counts of ``queue``'s pending callbacks around join time ``at`` (one round trip)."""
         if not math.isfinite(at):

@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from ivr.appointments.requests import (
     AppointmentReply,
@@ -517,27 +517,31 @@ def run_sync(flow: Generator[_Y, _S, Decision], respond: Callable[[_Y], _S]) -> 
         return decision, steps
 
 
+_R = TypeVar("_R")
+
+
 async def drive(
-    flow: ServiceFlow,
+    flow: Generator[Any, Any, _R],
     perform_step: Callable[[Step], Awaitable[StepResult]],
-    perform_request: Callable[[Request], Awaitable[Reply]],
-) -> Decision:
-    """Run a service flow to its end: steps on the channel, requests by the performer.
+    perform_request: Callable[[Any], Awaitable[Any]],
+) -> _R:
+    """Run a service flow (or any flow of steps and requests) to its end: steps on the
+    channel, requests (:data:`REQUEST_TYPES`) by the performer; what the flow returns.
 
     The flow is closed if either raises.
     """
     try:
         out = next(flow)
         while True:
-            answer: StepResult | Reply
+            answer: Any
             if isinstance(out, REQUEST_TYPES):
                 answer = await perform_request(out)
             else:
                 answer = await perform_step(out)
             out = flow.send(answer)
     except StopIteration as stop:
-        decision: Decision = stop.value
-        return decision
+        result: _R = stop.value
+        return result
     finally:
         flow.close()
 

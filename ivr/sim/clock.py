@@ -129,9 +129,6 @@ class Scheduler:
             self._now = wall
         return self._now
 
-    def real_delay(self, virtual_seconds: float) -> float:
-        return 0.0 if math.isinf(self.speed) else virtual_seconds / self.speed
-
     # -- timers --------------------------------------------------------------------------
     def call_at(self, due: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run ``callback(*args)`` at virtual time ``due`` (not before the current time)."""

@@ -752,8 +752,6 @@ async def app_queue(sim: Simulator, chan: Channel, data: str) -> AppResult:
                 break
             if not _is_our_turn(sim, qe):
                 break  # "Darn priorities": back to check_turns
-        else:  # pragma: no cover - loop always breaks
-            pass
 
     # stop:
     if not chan.gone:
