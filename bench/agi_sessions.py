@@ -13,25 +13,32 @@ connecting again as soon as its session ends, until ``--sessions`` sessions are 
 Each fake Asterisk sends the environment block recorded from Asterisk 22.10.1
 (``answered/fastagi.txt``), pre-encoded, with its own ``agi_uniqueid``/``agi_channel`` and
 a service drawn from the configuration, and answers every command at once the way
-res_agi.c does (``200 result=0 endpos=...`` for prompts, ``200 result=1`` for SET
-VARIABLE ...); a command line is parsed with the codec the first time it is seen and its
-reply reused afterwards. ``GET DATA`` gets keys that lead to a queue (drawn, seeded, among
-the menu's queue and submenu options) and a case number of the expected length, so every
-session ends with ``IVR_ACTION=queue``.
+res_agi.c does (``200 result=0 endpos=...`` for prompts, ``200 result=0`` for the
+``EXEC MSet`` that sets the dialplan variables ...); a command line is parsed with the
+codec the first time it is seen and its reply reused afterwards. ``GET DATA`` gets keys
+that lead to a queue (drawn, seeded, among the menu's queue and submenu options) and a
+case number of the expected length, so every session ends with ``IVR_ACTION=queue``.
 
 All figures are taken on the generator's side. First-command latency: from the moment the
 environment block is written to the socket to the moment the generator reads the first
 command line, on its clock. Every fake Asterisk answers at once, so the server is
-saturated and the latency is mostly queueing (Little's law: the sessions in flight over
-the exchanges per second; a new call also waits for the loop to accept it, then to read
-it); ``connect_*`` shows the TCP connect times, where a listen backlog shorter than a
-burst of calls costs 1 s SYN retransmissions. ``*_cpu_ms_per_session`` (CPU time, not
-wall time) depend less on what else runs on the machine than the rates do: compare runs
-made back to back.
+saturated: each exchange of a call in progress waits for the loop's round of all the
+others (Little's law: the sessions in flight over the exchanges per second), and so
+would a new call's first command, had the server not put new calls first
+(``ivr.agi.server``: accept, environment and first command between the replies).
+``first_command_*`` are the sessions that start while the others are in flight: 500
+concurrent sessions, the steady state. The first ``--concurrency`` sessions all connect
+in the same millisecond at start (500 callers picking up at once, which no line sees),
+and the server does their first exchanges one after the other: their figures are
+reported apart, ``ramp_first_command_*``. ``connect_*`` shows the TCP connect times,
+where a listen backlog shorter than a burst of calls costs 1 s SYN retransmissions.
+``*_cpu_ms_per_session`` (CPU time, not wall time) depend less on what else runs on the
+machine than the rates do: compare runs made back to back.
 
-``--floor`` measures, with the same generator, a server that does nothing but send 13
-fixed command lines, one per reply, and close: what the machine, the loop and the
-generator allow, to read the real figures against.
+``--floor`` measures, with the same generator, a server that does nothing but send 5
+fixed command lines (a typical session's: its variables in one ``EXEC MSet``), one per
+reply, and close: what the machine, the loop and the generator allow, to read the real
+figures against.
 
     python bench/agi_sessions.py --json [--sessions N] [--concurrency C] [--generators G] [--seed S] [--floor]
 """
@@ -78,7 +85,6 @@ FLOOR_VARIABLES: Final = (
     ("IVR_REASON", "menu"),
     ("IVR_CASE", ""),
     ("IVR_LANG", "fr"),
-    ("IVR_ENDED", "1"),
 )
 
 
@@ -124,7 +130,8 @@ class Results:
     routed_to_queue: int = 0
     connect_errors: int = 0
     unanswered: int = 0  # sessions closed before any command
-    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)  # steady state
+    ramp_ms: list[float] = dataclasses.field(default_factory=list)  # the first burst of connections
     connect_ms: list[float] = dataclasses.field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
@@ -138,7 +145,8 @@ class Answers:
     codec (:func:`~ivr.protocol.agi.parse_command`) and answered once, then its reply bytes
     are looked up: the generator's CPU then goes to the sockets, not to parsing the same
     few lines again, so the one process keeps up with a faster server. ``GET DATA``
-    (keys drawn per call) and ``SET VARIABLE IVR_ACTION`` (counted) are answered each time.
+    (keys drawn per call) and the line that sets ``IVR_ACTION`` (counted) -- ``EXEC MSet``
+    or ``SET VARIABLE`` -- are answered each time.
     """
 
     def __init__(self, keys: Keypad) -> None:
@@ -156,12 +164,24 @@ class Answers:
         if name == "SET VARIABLE" and cmd.args[0] == "IVR_ACTION":
             session.action = cmd.args[1]
             return encode_reply(200, 1)
+        mset = name == "EXEC" and len(cmd.args) > 0 and cmd.args[0].lower() == "mset"
+        if mset:
+            # The server groups only names and values without quotes, commas or "=" in them
+            # (ivr_ops.set_variables): a plain split reads them as MSet does.
+            pairs = cmd.args[1].split(",") if len(cmd.args) > 1 else []
+            action = next((pair[11:] for pair in pairs if pair.startswith("IVR_ACTION=")), None)
+            if action is not None:
+                session.action = action
+                return encode_reply(200, 0)
         if name in ("ANSWER", "SAY DIGITS", "SAY NUMBER"):
             reply = encode_reply(200, 0)
         elif name == "STREAM FILE":
             reply = encode_reply(200, 0, endpos=ENDPOS)
         elif name == "SET VARIABLE":
             reply = encode_reply(200, 1)
+        elif name == "EXEC":
+            # MSet returns 0; any other application is unknown here ("Could not find").
+            reply = encode_reply(200, 0 if mset else -2)
         elif name == "GET VARIABLE":
             reply = encode_reply(200, 1, "Up") if cmd.args[0] == "CHANNEL(state)" else encode_reply(200, 0)
         elif name in ("VERBOSE", "HANGUP"):
@@ -181,9 +201,21 @@ class FakeAsterisk:
     one ``send`` (there is one, since the server waits for each reply).
     """
 
-    __slots__ = ("action", "asked_at", "buf", "commands", "env", "first_ms", "rng", "sent_at", "sock")
+    __slots__ = (
+        "action",
+        "asked_at",
+        "buf",
+        "commands",
+        "env",
+        "first_ms",
+        "in_ramp",
+        "rng",
+        "sent_at",
+        "sock",
+    )
 
-    def __init__(self, sock: socket.socket, env: bytes, rng: random.Random) -> None:
+    def __init__(self, sock: socket.socket, env: bytes, rng: random.Random, in_ramp: bool) -> None:
+        self.in_ramp = in_ramp
         self.sock = sock
         self.env = env
         self.rng = rng
@@ -256,7 +288,8 @@ def generate(
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = FakeAsterisk(sock, envs[index], random.Random(seed * 1_000_003 + first_index + index))
+        rng = random.Random(seed * 1_000_003 + first_index + index)
+        session = FakeAsterisk(sock, envs[index], rng, in_ramp=index < concurrency)
         err = sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             sock.close()
@@ -273,6 +306,8 @@ def generate(
         results.commands += session.commands
         if session.first_ms is None:
             results.unanswered += 1
+        elif session.in_ramp:
+            results.ramp_ms.append(session.first_ms)
         else:
             results.latencies_ms.append(session.first_ms)
         if session.action == "queue":
@@ -343,6 +378,7 @@ def merge(parts: list[Results]) -> Results:
         out.connect_errors += p.connect_errors
         out.unanswered += p.unanswered
         out.latencies_ms += p.latencies_ms
+        out.ramp_ms += p.ramp_ms
         out.connect_ms += p.connect_ms
         out.cpu_s += p.cpu_s
     return out
@@ -356,7 +392,7 @@ FLOOR_COMMANDS: Final = tuple(
         ("STREAM FILE", ("fr/decroche/caf-welcome", "")),
         ("GET DATA", ("fr/decroche/caf-menu", "5000", "1")),
         ("STREAM FILE", ("fr/decroche/queue-transfer", "")),
-        *(("SET VARIABLE", (name, value)) for name, value in FLOOR_VARIABLES),
+        ("EXEC", ("MSet", ",".join(f"{name}={value}" for name, value in FLOOR_VARIABLES))),
     ]
 )
 
@@ -479,6 +515,10 @@ async def serve_and_measure(args: argparse.Namespace, config: Config) -> dict[st
         "first_command_p50_ms": round(percentile(results.latencies_ms, 50), 2),
         "first_command_p99_ms": round(percentile(results.latencies_ms, 99), 2),
         "first_command_max_ms": round(max(results.latencies_ms, default=0.0), 2),
+        "ramp_sessions": len(results.ramp_ms),
+        "ramp_first_command_p50_ms": round(percentile(results.ramp_ms, 50), 2),
+        "ramp_first_command_p99_ms": round(percentile(results.ramp_ms, 99), 2),
+        "ramp_first_command_max_ms": round(max(results.ramp_ms, default=0.0), 2),
         # TCP connect (to the environment written): a listen backlog too short for a burst
         # of calls shows here as SYN retransmissions, 1 s or more.
         "connect_p99_ms": round(percentile(results.connect_ms, 99), 2),
@@ -507,7 +547,7 @@ async def serve_and_measure(args: argparse.Namespace, config: Config) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--sessions", type=int, default=6000)
+    parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument(
         "--generators", type=int, default=1, help="load generator processes (one per spare core)"

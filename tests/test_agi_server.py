@@ -46,11 +46,13 @@ from ivr.domain.ivr_ops import (
     ServiceFlow,
     StepResult,
     fallback_reply,
+    set_variables,
 )
 from ivr.domain.ivr_ops import Reply as ServiceReply
 from ivr.domain.scripts import service_flows
 from ivr.protocol.agi import CLOSED, NEED_DATA, AGIClientConnection, Command, UnknownCommand
 from ivr.recording import read_fastagi
+from ivr.sim.agi_client import mset_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
 PARIS = ZoneInfo("Europe/Paris")
@@ -204,6 +206,11 @@ class ScriptedAsterisk:
                 return client.reply(520, usage=["Sets a variable to the current channel."])
             self.t.variables[cmd.args[0]] = cmd.args[1]
             return client.reply(200, 1, hangup_first=first)
+        if name == "EXEC":
+            if cmd.args[0].lower() != "mset":
+                return client.reply(200, -2, hangup_first=first)  # "Could not find application"
+            self.t.variables.update(mset_pairs(cmd.args[1] if len(cmd.args) > 1 else ""))
+            return client.reply(200, 0, hangup_first=first)
         if name == "GET VARIABLE":
             value = self.channel_vars.get(cmd.args[0])
             if value is None:
@@ -273,14 +280,8 @@ async def test_full_caf_menu_path_to_a_queue() -> None:
         'STREAM FILE fr/you-entered ""',
         'SAY DIGITS 12345678 ""',
         'STREAM FILE fr/pls-hold-while-try ""',
-        "SET VARIABLE IVR_ACTION queue",
-        "SET VARIABLE IVR_QUEUE caf",
-        "SET VARIABLE IVR_PRIO 0",
-        "SET VARIABLE IVR_QTIMEOUT 900",
-        "SET VARIABLE IVR_SERVICE caf",
-        "SET VARIABLE IVR_REASON aides-logement",
-        "SET VARIABLE IVR_CASE 12345678",
-        "SET VARIABLE IVR_LANG fr",
+        "EXEC MSet IVR_ACTION=queue,IVR_QUEUE=caf,IVR_PRIO=0,IVR_QTIMEOUT=900,IVR_SERVICE=caf,"
+        "IVR_REASON=aides-logement,IVR_CASE=12345678,IVR_LANG=fr",
     ]
     assert t.closed_by_server and not t.unknown
     assert [e.type for e in r.events] == [
@@ -495,8 +496,7 @@ async def test_unknown_script_is_logged_and_hung_up() -> None:
             t = await r.caller(env_for("foo?x=1")).run()
     assert t.commands[0] == Command("VERBOSE", ("decroche: unknown FastAGI script 'foo'", "1"))
     assert t.lines[1:] == [
-        "SET VARIABLE IVR_ACTION hangup",
-        "SET VARIABLE IVR_REASON unknown_script",
+        "EXEC MSet IVR_ACTION=hangup,IVR_REASON=unknown_script",
         "HANGUP",
     ]
     assert any(entry["event"] == "agi.unknown_script" and entry["script"] == "foo" for entry in logs)
@@ -507,6 +507,60 @@ async def test_unknown_service_is_hung_up_with_a_reason() -> None:
         t = await r.caller(env_for("ivr?service=nope")).run()
     assert t.variables == {"IVR_ACTION": "hangup", "IVR_REASON": "unknown_service"}
     assert t.lines[-1] == "HANGUP"
+
+
+async def test_the_variables_go_in_one_exec_mset_and_an_unsafe_value_by_set_variable() -> None:
+    """One line for a run of plain pairs; a value MSet would parse goes alone, quoted, in order."""
+    variables = {"IVR_ACTION": "queue", "IVR_QUEUE": "caf", "IVR_REASON": 'say "hi", (twice)', "IVR_CASE": ""}
+    results: list[StepResult] = []
+
+    def flow(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+        for step in set_variables(variables):
+            results.append((yield step))
+        return Decision(action="queue", service="caf", lang="fr", queue="caf")
+
+    server = AGIServer(server_config(), {"ivr": flow}, None, "127.0.0.1", 0)
+    async with server:
+        t = await ScriptedAsterisk(server.port, env_for("ivr?service=caf")).run()
+    assert t.lines == [
+        "EXEC MSet IVR_ACTION=queue,IVR_QUEUE=caf",
+        'SET VARIABLE IVR_REASON say "hi", (twice)',
+        'SET VARIABLE IVR_CASE ""',
+    ]
+    assert [c.encode() for c in t.commands][:2] == [
+        b"EXEC MSet IVR_ACTION=queue,IVR_QUEUE=caf\n",
+        b'SET VARIABLE IVR_REASON "say \\"hi\\", (twice)"\n',
+    ]
+    assert t.variables == variables
+    assert results == [OK, OK, OK]
+
+
+async def test_an_mset_not_answered_200_result_0_is_a_failed_step() -> None:
+    """``200 result=-2`` (no such application, res_agi.c ``handle_exec``): the step failed and
+    the refusal is logged; the call goes on."""
+    results: list[StepResult] = []
+
+    def flow(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+        for step in set_variables({"IVR_ACTION": "hangup", "IVR_REASON": "x"}):
+            results.append((yield step))
+        results.append((yield Play("fr/goodbye")))
+        return Decision(action="hangup", service="caf", lang="fr")
+
+    class NoMSet(ScriptedAsterisk):
+        def _answer(self, client: AGIClientConnection, cmd: Command) -> bytes:
+            if cmd.name == "EXEC":
+                return client.reply(200, -2)
+            return super()._answer(client, cmd)
+
+    server = AGIServer(server_config(), {"ivr": flow}, None, "127.0.0.1", 0)
+    with structlog.testing.capture_logs() as logs:
+        async with server:
+            t = await NoMSet(server.port, env_for("ivr?service=caf")).run()
+    assert t.lines == ["EXEC MSet IVR_ACTION=hangup,IVR_REASON=x", 'STREAM FILE fr/goodbye ""']
+    assert results == [StepResult(failed=True), OK]
+    refused = [e for e in logs if e["event"] == "agi.command_refused"]
+    assert [(e["code"], e["reply"]) for e in refused] == [(200, "200 result=-2")]
+    assert server.stats.failed == 0
 
 
 # -- post-queue scripts ----------------------------------------------------------------------------
@@ -539,7 +593,9 @@ async def test_survey_answer_is_recorded() -> None:
     async with running() as r:
         t = await r.caller(env_for("survey"), variables=QUEUED, dtmf=["4"]).run()
     assert [(e.type, e.data["score"]) for e in r.events] == [("survey.answer", 4)]
-    assert t.lines[-9] == 'STREAM FILE fr/auth-thankyou ""'
+    assert t.lines[-2] == 'STREAM FILE fr/auth-thankyou ""'
+    assert t.lines[-1].startswith("EXEC MSet IVR_ACTION=hangup,")
+    assert t.variables["IVR_REASON"] == "survey_answered"
 
 
 @pytest.mark.parametrize(
@@ -638,7 +694,7 @@ async def test_a_call_outlives_the_environment_deadline() -> None:
     """The deadline moves with each command: a call longer than env_timeout is not cut."""
     async with running(server_config(env_timeout_s=0.1, command_timeout_s=1.0, media_timeout_s=1.0)) as r:
         t = await r.caller(env_for("ivr?service=caf"), dtmf=["3", "#"], delay=0.03).run()
-    assert t.variables["IVR_ACTION"] == "queue"  # 13 commands at 30 ms: 0.4 s in all
+    assert t.variables["IVR_ACTION"] == "queue"  # 6 commands at 30 ms: 0.18 s in all
     assert r.server.stats.failed == 0
 
 
@@ -788,7 +844,7 @@ async def test_one_info_line_per_call() -> None:
             await eventually(lambda: r.server.sessions_active == 0)
     calls = [e for e in logs if e.get("uniqueid") == "one-line" and e["log_level"] != "debug"]
     assert [(e["event"], e["log_level"]) for e in calls] == [("agi.session_end", "info")]
-    assert (calls[0]["outcome"], calls[0]["action"], calls[0]["commands"]) == ("done", "queue", 13)
+    assert (calls[0]["outcome"], calls[0]["action"], calls[0]["commands"]) == ("done", "queue", 6)
     assert not [e for e in logs if "uniqueid" in e and e["uniqueid"] != "one-line"]
 
 

@@ -106,7 +106,7 @@ def test_agi_sessions_bench() -> None:
     # counted each exactly once.
     assert f["routed_to_queue"] == f["agent_requested_events"] == f["server_sessions_total"] == 300
     assert f["connect_errors"] == f["unanswered"] == f["server_rejected"] == f["server_failed"] == 0
-    assert f["commands"] >= 300 * 10  # ANSWER, welcome, menu, transfer, 6+ SET VARIABLE at least
+    assert f["commands"] >= 300 * 5  # ANSWER, welcome, menu, transfer, the EXEC MSet at least
     assert 0 < f["first_command_p50_ms"] <= f["first_command_p99_ms"] <= f["first_command_max_ms"]
     assert f["sessions_per_s"] > 0
 

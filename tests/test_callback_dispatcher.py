@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+import structlog
 from rigs import wait_for
 
 from ivr.ami.client import AMIClient, Backoff
@@ -33,6 +34,7 @@ from ivr.config import CallbackConfig, QueueConfig
 from ivr.domain.events import CallEvent
 from ivr.domain.state import StateTracker
 from ivr.protocol.ami import AMIParser, Event, encode_event
+from ivr.sim import actions as sim_actions
 from ivr.sim.ami_server import AMIServer
 from ivr.sim.api import Headers
 from ivr.sim.config import MemberConfig, SimConfig, default_config, parse_empty_options
@@ -492,6 +494,50 @@ async def test_a_call_gone_while_no_controller_ran_is_settled_from_astdb(rig: Ri
     await wait_for(lambda: all_closed(b.store, [other]), what="the next callback")
     assert rig.sim.astdb.get("decroche-cb", cid) is None
     assert rig.observed.customer_legs == Counter({"0611111111": 1, "0622222222": 1})
+
+
+async def test_a_dbget_that_asterisk_does_not_answer_keeps_the_lease_and_is_asked_again(
+    rig: Rig, nodes: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asterisk does not answer the first DBGet in time (busy, restarting): the dispatcher keeps
+    the lease, nothing is dialled, and the next check reads the kept outcome."""
+    asked: list[float] = []
+    real_dbget = sim_actions.ACTIONS["dbget"]
+
+    async def slow_once(sim: Any, action: Any) -> Any:
+        asked.append(rig.clock())
+        if len(asked) == 1:
+            await asyncio.sleep(3.0)  # past the client's 2-s action timeout
+        return await real_dbget(sim, action)
+
+    monkeypatch.setitem(sim_actions.ACTIONS, "dbget", slow_once)
+    a = Node(rig, "ctl-a")
+    nodes.append(a)
+    await a.start(dispatch=False)
+    cid = await ask(a, "0611111111", -60, "u1")  # answers after 1 s, talks 3 s
+    a.run()
+    await wait_for(lambda: a.dispatcher.stats.originates >= 1, what="the Originate")
+    await a.kill()
+    nodes.remove(a)
+    await wait_for(lambda: not rig.sim.channels, what="the call over")
+    b = Node(rig, "ctl-b", config=settings(retry_delay_s=3600.0))
+    nodes.append(b)
+    with structlog.testing.capture_logs() as logs:
+        await b.start()
+
+        async def settled() -> bool:
+            req = await b.store.get(cid)
+            return req is not None and req.status != "dialing"
+
+        await wait_for(settled, limit_s=30.0, what="the request settled")
+    failed = [e for e in logs if e["event"] == "callback.dbget_failed"]
+    assert len(failed) == 1 and failed[0]["callback_id"] == cid
+    assert len(asked) >= 2
+    req = await b.store.get(cid)
+    assert req is not None and (req.status, req.reason, req.attempts) == ("completed", "answered", 1)
+    assert b.dispatcher.stats.outcomes_kept == 1
+    assert rig.observed.customer_legs == Counter({"0611111111": 1})
+    assert rig.observed.originates[cid] == 1
 
 
 @pytest.mark.parametrize("kept", [None, "7:ANSWER"], ids=["no key", "another dial's key"])

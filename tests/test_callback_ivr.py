@@ -57,6 +57,7 @@ from ivr.domain.ivr_ops import (
     SayDigits,
     ServiceFlow,
     SetVar,
+    SetVars,
     Step,
     StepResult,
     Verbose,
@@ -155,9 +156,10 @@ class Line:
             return HUNG_UP
         if isinstance(out, GetDigits):
             return self.inputs.pop(0) if self.inputs else TIMEOUT
-        if isinstance(out, SetVar):
-            self.set_vars[out.name] = out.value
-            self.variables[out.name] = out.value
+        if isinstance(out, SetVar | SetVars):
+            pairs = ((out.name, out.value),) if isinstance(out, SetVar) else out.pairs
+            self.set_vars.update(pairs)
+            self.variables.update(pairs)
             return OK
         if isinstance(out, GetVar):
             return StepResult(value=self.variables.get(out.name))

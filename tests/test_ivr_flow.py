@@ -18,6 +18,8 @@ from ivr.domain.ivr_flow import MAX_MENU_VISITS, IvrFlow
 from ivr.domain.ivr_ops import (
     CONTRACT_VARIABLES,
     HUNG_UP,
+    MSET_MAX_CHARS,
+    MSET_MAX_PAIRS,
     OK,
     Answer,
     CallInfo,
@@ -28,12 +30,16 @@ from ivr.domain.ivr_ops import (
     Play,
     SayDigits,
     SetVar,
+    SetVars,
     Step,
     StepResult,
     Verbose,
+    refuse,
     run_sync,
+    set_variables,
 )
 from ivr.domain.scripts import default_flows
+from ivr.sim.agi_client import mset_pairs
 
 PARIS = ZoneInfo("Europe/Paris")
 THURSDAY_10H = datetime(2026, 11, 26, 10, 0, tzinfo=PARIS).timestamp()
@@ -69,13 +75,13 @@ class Caller:
             if not self.inputs:
                 return TIMEOUT
             return self.inputs.pop(0)
-        if isinstance(step, SetVar):
-            self.variables[step.name] = step.value
-            self.set_order.append(step.name)
+        if isinstance(step, SetVar | SetVars):
+            pairs = ((step.name, step.value),) if isinstance(step, SetVar) else step.pairs
+            self.variables.update(pairs)
+            self.set_order += [name for name, _ in pairs]
             return OK
         if isinstance(step, GetVar):
-            value = self.variables.get(step.name)
-            return StepResult(value=value)
+            return StepResult(value=self.variables.get(step.name))
         if isinstance(step, Play) and step.prompt in self.fail_prompts:
             return FAILED
         return OK
@@ -419,7 +425,7 @@ def test_unknown_service_is_refused_politely(config: Config) -> None:
         default_flows(config)["ivr"](call, lambda: THURSDAY_10H, lambda e: None), Caller([])
     )
     assert isinstance(steps[0], Verbose) and "cafx" in steps[0].message
-    assert SetVar("IVR_ACTION", "hangup") in steps and SetVar("IVR_REASON", "unknown_service") in steps
+    assert SetVars((("IVR_ACTION", "hangup"), ("IVR_REASON", "unknown_service"))) in steps
     assert isinstance(steps[-1], Hangup)
     assert decision.reason == "unknown_service"
 
@@ -619,3 +625,154 @@ def test_post_queue_scripts_stop_at_a_hangup(config: Config) -> None:
     assert isinstance(steps[-1], GetDigits)
     assert "IVR_ACTION" not in caller.variables
     assert events == []
+
+
+# -- setting the variables: one MSet for a run of plain pairs -----------------------------------
+
+
+def pairs_of(steps: Iterable[Step]) -> list[tuple[str, str]]:
+    """What the steps set, in order, whichever kind each is."""
+    out: list[tuple[str, str]] = []
+    for step in steps:
+        assert isinstance(step, SetVar | SetVars), step
+        out += [(step.name, step.value)] if isinstance(step, SetVar) else list(step.pairs)
+    return out
+
+
+def test_set_variables_sends_a_whole_decision_in_one_mset() -> None:
+    decision = Decision(action="queue", service="caf", lang="fr", queue="caf", priority=0, qtimeout=900)
+    assert set_variables(decision.variables()) == (
+        SetVars(
+            (
+                ("IVR_ACTION", "queue"),
+                ("IVR_QUEUE", "caf"),
+                ("IVR_PRIO", "0"),
+                ("IVR_QTIMEOUT", "900"),
+                ("IVR_SERVICE", "caf"),
+                ("IVR_REASON", ""),
+                ("IVR_CASE", ""),
+                ("IVR_LANG", "fr"),
+            )
+        ),
+    )
+
+
+def test_set_variables_sets_an_unsafe_pair_alone_and_keeps_the_order() -> None:
+    steps = set_variables(
+        {
+            "A": "1",
+            "B": "x,y",
+            "C": "",
+            "D": "+33 1",
+            "E": "queue-2.fr/x@y:z",
+            "CHANNEL(language)": "fr",
+            "F": "é",
+            "G": "1",
+            "H": "2",
+        }
+    )
+    assert steps == (
+        SetVar("A", "1"),  # a run of one stays a SET VARIABLE
+        SetVar("B", "x,y"),
+        SetVar("C", ""),
+        SetVar("D", "+33 1"),
+        SetVar("E", "queue-2.fr/x@y:z"),
+        SetVar("CHANNEL(language)", "fr"),
+        SetVar("F", "é"),
+        SetVars((("G", "1"), ("H", "2"))),
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a,b", 'a"b', "a\\b", "a(b", "a)b", "a[b", "a]b", "{b}", "${X}", "a b", "a\tb", "a|b", "a=b", "é", ";"],
+)
+def test_set_variables_never_groups_what_mset_would_parse(value: str) -> None:
+    steps = set_variables({"IVR_ACTION": "hangup", "IVR_REASON": value, "IVR_LANG": "fr"})
+    assert steps == (SetVar("IVR_ACTION", "hangup"), SetVar("IVR_REASON", value), SetVar("IVR_LANG", "fr"))
+
+
+@pytest.mark.parametrize("name", ["1A", "A B", "A=B", "GLOBAL(X)", "A-B", "", "É"])
+def test_set_variables_never_groups_an_unusual_name(name: str) -> None:
+    steps = set_variables({"IVR_ACTION": "hangup", name: "1", "IVR_LANG": "fr"})
+    assert steps == (SetVar("IVR_ACTION", "hangup"), SetVar(name, "1"), SetVar("IVR_LANG", "fr"))
+
+
+def test_set_variables_caps_a_group_in_pairs_and_characters() -> None:
+    many = {f"V{i}": str(i) for i in range(MSET_MAX_PAIRS + 5)}
+    steps = set_variables(many)
+    assert [len(s.pairs) if isinstance(s, SetVars) else 1 for s in steps] == [MSET_MAX_PAIRS, 5]
+    assert [type(s) for s in set_variables(dict(list(many.items())[: MSET_MAX_PAIRS + 1]))] == [
+        SetVars,
+        SetVar,
+    ]
+    long = {f"L{i}": "x" * 300 for i in range(8)}  # "Ln=" + 300: 303 characters a pair
+    steps = set_variables(long)
+    assert [len(s.pairs) for s in steps if isinstance(s, SetVars)] == [3, 3, 2]
+    assert all(
+        len(",".join(f"{n}={v}" for n, v in s.pairs)) <= MSET_MAX_CHARS
+        for s in steps
+        if isinstance(s, SetVars)
+    )
+    assert pairs_of(steps) == list(long.items())
+
+
+def test_the_callback_id_is_still_set_last() -> None:
+    decision = Decision(
+        action="callback", service="caf", lang="fr", queue="caf", reason="x y", callback_id="cb-1"
+    )
+    steps = set_variables(decision.variables())
+    assert [type(s) for s in steps] == [SetVars, SetVar, SetVars]
+    assert pairs_of(steps) == list(decision.variables().items())
+    assert steps[-1] == SetVars((("IVR_CASE", ""), ("IVR_LANG", "fr"), ("IVR_CALLBACK_ID", "cb-1")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(st.sampled_from("AZ_az09(=) é"), min_size=1, max_size=6),
+        st.one_of(
+            st.text(st.sampled_from("az09-_.:@+/"), max_size=12),  # plain values: grouped
+            st.text(st.sampled_from('az0 ,"\\()[]{}$=é|\t'), max_size=12),  # MSet would parse them
+            st.text(st.characters(codec="utf-8", exclude_characters="\x00\r\n"), max_size=40),
+        ),
+        max_size=30,
+    )
+)
+def test_set_variables_mset_lines_parse_back_to_what_was_set(variables: dict[str, str]) -> None:
+    """Whatever the mapping: every pair set once, in order; every MSet line, parsed as
+    ``pbx_builtin_setvar_multiple`` does (the simulator's copy of it), gives its pairs back."""
+    steps = set_variables(variables)
+    assert pairs_of(steps) == list(variables.items())
+    for step in steps:
+        if isinstance(step, SetVars):
+            assert 2 <= len(step.pairs) <= MSET_MAX_PAIRS
+            assert mset_pairs(",".join(f"{n}={v}" for n, v in step.pairs)) == list(step.pairs)
+
+
+def test_refuse_sets_its_two_variables_in_one_mset() -> None:
+    _, steps = run_sync(refuse("unknown_script", "no such script"), lambda step: OK)
+    assert steps == [
+        Verbose("no such script"),
+        SetVars((("IVR_ACTION", "hangup"), ("IVR_REASON", "unknown_script"))),
+        Hangup(),
+    ]
+
+
+def test_a_hangup_answering_the_mset_ends_the_flow(config: Config) -> None:
+    """The decision's MSet goes through the same hang-up check as every step."""
+    events: list[CallEvent] = []
+    call = CallInfo(uniqueid="u1", script="ivr", query={"service": "caf"})
+    flow = default_flows(config)["ivr"](call, lambda: THURSDAY_10H, events.append)
+    caller = Caller([keys("3"), POUND])
+    decision, steps = run_sync(flow, lambda step: HUNG_UP if isinstance(step, SetVars) else caller(step))
+    assert isinstance(steps[-1], SetVars) and decision.hung_up
+    assert (events[-1].type, events[-1].data["reason"]) == ("ivr.end", "caller_hangup")
+
+
+def test_post_queue_scripts_set_their_decision_in_one_mset(config: Config) -> None:
+    _, steps, caller, _ = run_script(config, "after-queue", IVR_VARS, args=("TIMEOUT",))
+    sets = [s for s in steps if isinstance(s, SetVar | SetVars)]
+    assert len(sets) == 1 and isinstance(sets[0], SetVars)
+    assert [name for name, _ in sets[0].pairs] == list(CONTRACT_VARIABLES)
+    assert caller.variables["IVR_ACTION"] == "hangup"

@@ -47,16 +47,21 @@ from ivr.domain.ivr_ops import (
     Decision,
     EventSink,
     Flow,
+    GetVar,
     OverflowAdvice,
     RecordCallback,
     Request,
     ServiceFlow,
     SetVar,
+    SetVars,
+    StepResult,
+    set_variables,
 )
 from ivr.domain.ivr_ops import Reply as ServiceReply
 from ivr.protocol import agi
 from ivr.protocol.agi import NEED_DATA, AGIEnvironment, AGIServerConnection, Reply
 from ivr.protocol.ami import Event
+from ivr.sim.agi_client import mset_pairs
 
 #: Skipped unless IVR_ASTERISK_BIN is set; set to a wrong path, the fixture fails instead.
 needs_asterisk = pytest.mark.skipif(not os.environ.get(ENV_VAR, "").strip(), reason=SKIP_REASON)
@@ -298,12 +303,119 @@ async def test_fastagi_request_of_the_ivr_script(asterisk: AsteriskProcess, ami:
     assert not any(e.name == "VarSet" and e.get("Variable") == "QUEUESTATUS" for e in events)
 
 
+@pytest.mark.asterisk
+@needs_asterisk
+async def test_mset_parses_its_argument_as_the_simulator_does(
+    asterisk: AsteriskProcess, ami: AMIClient
+) -> None:
+    """What MSet makes of quotes, brackets, backslashes, a second ``=``, an item without ``=``
+    and an empty last value: what ``ivr.sim.agi_client.mset_pairs`` says, read back by GET VARIABLE."""
+    options = 'IVR_A="x,y",IVR_B=f(1,2),IVR_C=p\\,q,IVR_D=k=v,junk,IVR_E='
+    expected = dict(mset_pairs(options))
+    assert expected == {"IVR_A": "x,y", "IVR_B": "f(1,2)", "IVR_C": "p,q", "IVR_D": "k=v", "IVR_E": ""}
+    replies: list[Reply] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = AGIServerConnection()
+
+        async def next_event() -> object:
+            while (event := conn.next_event()) is NEED_DATA:
+                conn.receive_data(await reader.read(4096))
+            return event
+
+        try:
+            env = await next_event()
+            assert isinstance(env, AGIEnvironment)
+            if env.script != "ivr":
+                return
+            for command in [agi.exec_("MSet", options), *(agi.get_variable(n) for n in [*expected, "junk"])]:
+                writer.write(conn.send(command))
+                reply = await next_event()
+                assert isinstance(reply, Reply)
+                replies.append(reply)
+            writer.write(conn.send(agi.set_variable("IVR_ACTION", "hangup")))
+            await next_event()
+        finally:
+            writer.close()
+
+    async with agi_listener(asterisk.config.agi_port, handle):
+        await originate_inbound(ami, "0199000002")
+        await events_until_gone(ami, "0199000002")
+
+    assert [(r.code, r.result) for r in replies] == [(200, "0")] + [(200, "1")] * len(expected) + [(200, "0")]
+    assert [r.data or "" for r in replies[1:-1]] == list(expected.values())
+
+
 def _decide(decision: Decision) -> Flow:
-    for name, value in decision.variables().items():
-        result = yield SetVar(name, value)
+    for step in set_variables(decision.variables()):
+        result = yield step
         if result.hangup:
             break
     return decision
+
+
+@pytest.mark.asterisk
+@needs_asterisk
+async def test_variables_set_by_one_mset_line_read_back_exactly(
+    asterisk: AsteriskProcess, ami: AMIClient
+) -> None:
+    """``EXEC MSet`` as the IVR sends it: each value, an empty one too, is what Asterisk keeps.
+
+    A value MSet would parse (quotes, a comma, parentheses) goes by ``SET VARIABLE`` between
+    two MSet lines; the empty ``IVR_CASE`` is set (GET VARIABLE answers ``result=1 ()``, not
+    ``result=0``), and so is an empty value last on a line (``NAME=`` then the end).
+    """
+    decision = Decision(
+        action="queue",
+        service="cpam",
+        lang="fr",
+        queue="carsat",
+        priority=3,
+        qtimeout=60,
+        reason='menu "2", (info)',
+    )
+    variables = {**decision.variables(), "IVR_TEST_LAST": ""}
+    steps = set_variables(variables)
+    assert [type(step) for step in steps] == [SetVars, SetVar, SetVars]
+    results: list[StepResult] = []
+    read: dict[str, str | None] = {}
+    after: list[CallInfo] = []
+
+    def ivr(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+        for step in steps:
+            results.append((yield step))
+        for name in variables:
+            read[name] = (yield GetVar(name)).value
+        return decision
+
+    def after_queue(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
+        after.append(call)
+        return _decide(Decision(action="hangup", service="cpam", lang="fr", reason="test"))
+
+    server = AGIServer(
+        default_config(), flows={"ivr": ivr, "after-queue": after_queue}, port=asterisk.config.agi_port
+    )
+    async with server:
+        await originate_inbound(ami, "0199000003")
+        events = await events_until_gone(ami, "0199000003")
+
+    assert results == [StepResult()] * 3  # 200 result=0 for each MSet, 200 result=1 for SET VARIABLE
+    assert read == variables
+    commands = [e.get("Command") or "" for e in events if e.name == "AGIExecStart"]
+    assert commands[:3] == [
+        "EXEC MSet IVR_ACTION=queue,IVR_QUEUE=carsat,IVR_PRIO=3,IVR_QTIMEOUT=60,IVR_SERVICE=cpam",
+        'SET VARIABLE IVR_REASON "menu \\"2\\", (info)"',
+        "EXEC MSet IVR_CASE=,IVR_LANG=fr,IVR_TEST_LAST=",
+    ]
+    # One VarSet per variable, in the order sent, as SET VARIABLE gives; AMI shows the value
+    # C-escaped (ast_escape_c_alloc in varset_to_ami, main/stasis_channels.c).
+    varsets = [(e.get("Variable"), e.get("Value")) for e in events if e.name == "VarSet"]
+    start = varsets.index(("IVR_ACTION", "queue"))
+    escaped = {**variables, "IVR_REASON": 'menu \\"2\\", (info)'}
+    assert varsets[start : start + len(variables)] == list(escaped.items())
+    # The dialplan obeyed them: Queue(carsat) (JOINEMPTY: no members), then after-queue.
+    assert [(c.query, c.args) for c in after] == [({"service": "cpam", "queue": "carsat"}, ("JOINEMPTY",))]
+    assert server.stats.failed == 0
 
 
 @pytest.mark.asterisk

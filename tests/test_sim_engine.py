@@ -650,6 +650,73 @@ async def test_exec_runs_dialplan_applications() -> None:
     assert ends[0][0] - starts[0][0] == pytest.approx(1.0, abs=0.2)  # the prompt played
 
 
+async def test_exec_mset_sets_each_variable_and_the_dialplan_reads_them() -> None:
+    """``EXEC MSet``: ``200 result=0`` (handle_exec, res/res_agi.c), then each pair as SET
+    VARIABLE would set it, one VarSet each, in order; an empty value is set, not unset."""
+    replies, rec = await run_ivr(
+        [
+            "EXEC MSet IVR_QUEUE=q,IVR_SERVICE=caf,IVR_CASE=,IVR_LANG=fr,IVR_TAIL=",
+            "GET VARIABLE IVR_QUEUE",
+            "GET VARIABLE IVR_CASE",
+            "GET VARIABLE IVR_TAIL",
+            "GET VARIABLE IVR_UNSET",
+        ],
+        after=[
+            "Set(CALLERID(name)=${IVR_SERVICE}/${IVR_CASE}/${IVR_LANG})",
+            "Queue(${IVR_QUEUE},c,,,5)",
+            "Hangup()",
+        ],
+    )
+    assert replies == [
+        ["200 result=0"],
+        ["200 result=1 (q)"],
+        ["200 result=1 ()"],
+        ["200 result=1 ()"],
+        ["200 result=0"],
+    ]
+    varsets = [(h(e[2], "Variable"), h(e[2], "Value")) for e in rec.named("VarSet")]
+    assert [v for v in varsets if (v[0] or "").startswith("IVR_")] == [
+        ("IVR_QUEUE", "q"),
+        ("IVR_SERVICE", "caf"),
+        ("IVR_CASE", ""),
+        ("IVR_LANG", "fr"),
+        ("IVR_TAIL", ""),
+    ]
+    ends = [(h(e[2], "Command"), h(e[2], "ResultCode")) for e in rec.named("AGIExecEnd")]
+    assert ends[0] == ("EXEC MSet IVR_QUEUE=q,IVR_SERVICE=caf,IVR_CASE=,IVR_LANG=fr,IVR_TAIL=", "200")
+    # The dialplan after the AGI sees them: the queue named by IVR_QUEUE, with the caller's name.
+    (join,) = rec.named("QueueCallerJoin")
+    assert (h(join[2], "Queue"), h(join[2], "CallerIDName")) == ("q", "caf//fr")
+
+
+async def test_exec_mset_parses_its_argument_as_asterisk_does() -> None:
+    """Commas split the pairs outside quotes and brackets; quotes and backslashes are removed
+    (``__ast_app_separate_args``, main/app.c); each pair splits on its first ``=``; an item
+    without ``=`` is skipped (``pbx_builtin_setvar_multiple``, main/pbx_variables.c)."""
+    replies, _ = await run_ivr(
+        [
+            'EXEC MSet "IVR_A=\\"x,y\\",IVR_B=f(1,2),IVR_C=p\\\\,q,IVR_D=k=v,junk,IVR_E="',
+            "GET VARIABLE IVR_A",
+            "GET VARIABLE IVR_B",
+            "GET VARIABLE IVR_C",
+            "GET VARIABLE IVR_D",
+            "GET VARIABLE IVR_E",
+            "GET VARIABLE junk",
+            "EXEC mset",
+        ]
+    )
+    assert replies == [
+        ["200 result=0"],
+        ["200 result=1 (x,y)"],
+        ["200 result=1 (f(1,2))"],
+        ["200 result=1 (p,q)"],
+        ["200 result=1 (k=v)"],
+        ["200 result=1 ()"],
+        ["200 result=0"],
+        ["200 result=0"],  # no pairs: a warning on Asterisk's console, and 0
+    ]
+
+
 async def test_garbage_from_the_agi_server_is_survived() -> None:
     async def script(agi: AgiPeer) -> None:
         agi.writer.write(b"\xff\x01 nonsense\n")  # not UTF-8, not a command

@@ -19,6 +19,7 @@ from ivr.domain.events import EVENT_TYPES, CallEvent
 from ivr.domain.normalise import (
     agi_script,
     agi_set_variable,
+    agi_set_variables,
     local_half,
     member_fields,
     parse_duration,
@@ -477,6 +478,22 @@ def test_callback_requested_from_the_exit_key_agi() -> None:
     assert only(out, "call.end").data["outcome"] == "callback_requested"
 
 
+def test_the_ivr_variables_of_an_agi_mset_line_count_without_their_varsets() -> None:
+    # A manager.conf that filters VarSet out still leaves AGIExecStart: our IVR's MSet line.
+    events = events_of("exit_with_key")
+    i = first(events, lambda e: e.name == "QueueCallerLeave")
+    uid = caller_of(events)
+    ts = float(events[i].fields["Timestamp"]) + 0.5
+    line = "EXEC MSet IVR_ACTION=callback,IVR_QUEUE=caf,IVR_CASE=,OTHER=1"
+    start = edit(events[i], Event="AGIExecStart", Command=line, Timestamp=f"{ts:.6f}")
+    start = Event(dict(start.fields), None, "AGIExecStart")
+    assert start.fields["Uniqueid"] == uid
+    tr, out = run([*events[: i + 1], start, *events[i + 1 :]])
+    [call] = tr.ended
+    assert call.outcome == "callback_requested" and call.queue_outcome == "exit_key"
+    assert only(out, "call.end").data["outcome"] == "callback_requested"
+
+
 def test_asked_for_agent_then_hung_up_before_the_queue() -> None:
     events = events_of("answered")
     i = first(events, lambda e: is_var("IVR_SERVICE")(e))
@@ -680,5 +697,13 @@ def test_small_parsers() -> None:
     assert agi_set_variable('SET VARIABLE IVR_CASE "a b"') == ("IVR_CASE", "a b")
     assert agi_set_variable("GET VARIABLE QUEUESTATUS") is None
     assert agi_set_variable("SET VARIABLE ") is None
+    assert agi_set_variables("SET VARIABLE IVR_CHOICE 1") == [("IVR_CHOICE", "1")]
+    assert agi_set_variables("EXEC MSet IVR_ACTION=queue,IVR_CASE=,IVR_X=a=b") == [
+        ("IVR_ACTION", "queue"),
+        ("IVR_CASE", ""),
+        ("IVR_X", "a=b"),
+    ]
+    assert agi_set_variables('EXEC MSet "IVR_A=1,junk"') == [("IVR_A", "1")]
+    assert agi_set_variables("EXEC Playback beep") == [] and agi_set_variables(None) == []
     assert parse_duration("01:02:03") == 3723 and parse_duration("junk") == 0
     assert to_int("12") == 12 and to_int("1.5") == 1 and to_int("x", -1) == -1 and to_int(None) == 0

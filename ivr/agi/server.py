@@ -21,6 +21,12 @@ Robustness, because every session is a caller waiting in silence:
 * **Logs** of a session carry its ``uniqueid`` (structlog contextvars, bound in the
   session's own context so they never leak to another call): one ``agi.session_end`` line
   per call (plus a warning when it failed), debug lines elsewhere.
+* **New calls first.** The server accepts connections itself and starts each session on its
+  socket at once (environment read, first command written) while the loop builds the
+  transport; between the replies it handles it looks for new calls and environments at
+  least every :data:`NEW_CALL_POLL_S`. Under load the loop's turn is every call's reply;
+  without this a new caller would wait two or three turns in silence before the welcome,
+  while a call in progress only waits a little longer between prompts it hears anyway.
 * **Graceful shutdown** (:meth:`AGIServer.stop`): stop listening, let running sessions
   finish until the grace deadline, then drop the rest.
 
@@ -40,7 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +68,15 @@ __all__ = ["AGIServer", "AGIStats", "Performer", "call_info"]
 #: Answers a flow's service request (``Controller.perform``). An exception, a cancellation or no
 #: answer within ``[agi] command_timeout_s`` gives the flow the request's fallback reply.
 Performer = Callable[[Request], Awaitable[ivr_ops.Reply]]
+
+#: How often, at most, sessions' replies give way to new calls (see the module docstring).
+NEW_CALL_POLL_S: Final = 0.001
+#: Connections accepted at most per look (the rest wait for the next one).
+ACCEPT_BATCH: Final = 64
+#: accept() errors that mean "out of resources": stop accepting for a while (asyncio's
+#: ``_accept_connection`` in selector_events.py does the same), rather than spin.
+_ACCEPT_PAUSE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE_S: Final = 1.0
 
 log = get_logger(__name__)
 #: structlog hands our lines to this stdlib logger, whose level decides (``filter_by_level``):
@@ -132,7 +149,11 @@ class AGIServer:
         self.host = config.agi.host if host is None else host
         self._port = config.agi.port if port is None else port
         self.clock = clock
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._new_session: Callable[[], AGISession] | None = None
+        self._waiting_env: set[AGISession] = set()  # accepted, environment not complete yet
+        self._attaching: set[asyncio.Task[object]] = set()  # transports being built
+        self._next_look = 0.0  # loop time of the next look for new calls between replies
         self._sessions: set[AGISession] = set()  # admitted, not ended
         self._connections: set[AGISession] = set()  # transports not yet gone, admitted or not
         self._idle: asyncio.Future[None] | None = None  # set when the last session ends (stop)
@@ -150,8 +171,8 @@ class AGIServer:
     @property
     def port(self) -> int:
         """The listening port (the real one after :meth:`start` with port 0)."""
-        if self._server is not None and self._server.sockets:
-            port: int = self._server.sockets[0].getsockname()[1]
+        if self._listeners:
+            port: int = self._listeners[0].getsockname()[1]
             return port
         return self._port
 
@@ -160,7 +181,7 @@ class AGIServer:
         return AGIStats(self.sessions_active, self.sessions_total, self.rejected, self.denied, self.failed)
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._listeners:
             raise RuntimeError("AGI server already started")
         self._closing = False
         agi_cfg = self.config.agi
@@ -179,22 +200,22 @@ class AGIServer:
                 read_buffer=read_buffer,
             )
 
+        self._new_session = new_session
         # A burst of calls connects at once: a listen backlog below max_sessions makes the
         # kernel drop SYNs, and those callers wait a second for the retransmission.
-        self._server = await loop.create_server(
-            new_session, self.host, self._port, backlog=max(100, agi_cfg.max_sessions)
-        )
+        self._listeners = await _listen(loop, self.host, self._port, max(100, agi_cfg.max_sessions))
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), self._accept, listener)
         log.info("agi.listening", host=self.host, port=self.port, max_sessions=agi_cfg.max_sessions)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let sessions finish up to ``grace`` seconds, then drop them."""
-        server = self._server
-        if server is None:
+        if not self._listeners:
             return
         self._closing = True
-        server.close()
-        deadline = self.config.agi.shutdown_grace_s if grace is None else grace
         loop = asyncio.get_running_loop()
+        self._stop_listening()
+        deadline = self.config.agi.shutdown_grace_s if grace is None else grace
         if self._sessions:
             log.info("agi.draining", sessions=len(self._sessions), grace_s=deadline)
             self._idle = loop.create_future()
@@ -205,6 +226,8 @@ class AGIServer:
                 log.warning("agi.cancelling_sessions", sessions=len(self._sessions))
                 for session in list(self._sessions):
                     session.cancel()
+        if self._attaching:  # transports of sessions ended meanwhile close as soon as made
+            await asyncio.wait(set(self._attaching), timeout=1.0)
         if self._connections:  # closing transports flush their last line; a peer that reads nothing
             self._closed = loop.create_future()  # gets a second, then the connection is dropped
             with contextlib.suppress(TimeoutError):
@@ -216,10 +239,15 @@ class AGIServer:
         if self._requests:  # requests of ended calls: recorded, not dropped half-way
             log.info("agi.requests_finishing", requests=len(self._requests))
             await asyncio.wait(set(self._requests), timeout=max(deadline, 1.0))
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5.0)
-        self._server = None
+        self._listeners = []
         log.info("agi.stopped", sessions_total=self.sessions_total, rejected=self.rejected)
+
+    def _stop_listening(self) -> None:
+        loop = self._loop
+        for listener in self._listeners:
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(listener.fileno())
+            listener.close()
 
     async def __aenter__(self) -> AGIServer:
         await self.start()
@@ -227,6 +255,75 @@ class AGIServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    # -- accepting ------------------------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Accept what is waiting on ``listener`` (up to :data:`ACCEPT_BATCH`) and start each call."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_PAUSE_ERRNOS:
+                    continue  # that connection failed (ECONNABORTED ...): the next may not
+                log.error("agi.accept_paused", error=str(exc), pause_s=ACCEPT_PAUSE_S)
+                loop = self._loop
+                assert loop is not None
+                loop.remove_reader(listener.fileno())
+                loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
+                return
+            self._start_session(sock, address)
+
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if not self._closing and listener in self._listeners and self._loop is not None:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def _start_session(self, sock: socket.socket, address: object) -> None:
+        loop = self._loop
+        new_session = self._new_session
+        assert loop is not None and new_session is not None
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports do
+        peer = str(address[0]) if isinstance(address, tuple) and address else ""
+        session = new_session()
+        if not session.accepted(sock, peer):
+            sock.close()
+            self.connection_lost(session)
+            return
+        if session.env is None and not session.done:
+            self._waiting_env.add(session)
+        task: asyncio.Task[object] = loop.create_task(loop.connect_accepted_socket(lambda: session, sock))
+        self._attaching.add(task)
+        task.add_done_callback(lambda done: self._attached(done, session, sock))
+
+    def _attached(self, task: asyncio.Task[object], session: AGISession, sock: socket.socket) -> None:
+        """The transport is there (the session has it), or could not be made: then end the call."""
+        self._attaching.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if session.transport is None:
+            sock.close()
+            session.connection_lost(exc if isinstance(exc, Exception) else None)
+
+    def serve_new_calls(self) -> None:
+        """Between sessions' replies, at most every :data:`NEW_CALL_POLL_S`: accept waiting
+        connections and read environments that arrived after their accept."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        if now < self._next_look:
+            return
+        self._next_look = now + NEW_CALL_POLL_S
+        if not self._closing:
+            for listener in self._listeners:
+                self._accept(listener)
+        waiting = self._waiting_env
+        if waiting:
+            for session in list(waiting):
+                if not session.read_waiting():
+                    waiting.discard(session)
 
     # -- sessions (SessionOwner) ------------------------------------------------------------------
 
@@ -300,6 +397,7 @@ class AGIServer:
         self, session: AGISession, outcome: Outcome, error: str, exc: BaseException | None
     ) -> None:
         self._sessions.discard(session)
+        self._waiting_env.discard(session)
         self.sessions_active -= 1
         if outcome.failed:
             self.failed += 1
@@ -332,3 +430,35 @@ class AGIServer:
         self._connections.discard(session)
         if not self._connections and self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
+
+
+async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Non-blocking listening sockets for ``host`` (every address it resolves to), made the
+    way ``loop.create_server`` makes them (selector_events.py / base_events.py): SO_REUSEADDR,
+    IPV6_V6ONLY on IPv6, the same error text when the port is taken (``ivr run`` prints it)."""
+    infos = await loop.getaddrinfo(
+        host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, type_, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {address!r}: {exc.strerror}"
+                ) from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if port == 0:  # a free port is per address: listen on the first one only
+                break
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

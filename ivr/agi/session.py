@@ -22,8 +22,14 @@ lends (one per server: the codec copies what it is handed before the callback re
 sessions of one loop can share it). A plain protocol has the transport allocate a
 ``bytes`` of 256 KiB per read (``max_size`` in asyncio's selector transport) to carry a
 30-byte reply; depending on the allocator's state that costs more than the read itself
-(glibc, fresh process: 15 us per read against 3 us). The environment block is read as
-soon as the connection is made (:meth:`AGISession._read_early`).
+(glibc, fresh process: 15 us per read against 3 us).
+
+The first exchange comes before the transport: the server accepts the connection itself
+and hands the socket to :meth:`AGISession.accepted`, which reads the environment and
+writes the first command on the socket while the loop builds the transport (a turn or two
+later; under load each turn is every other call's reply). The server also looks for new
+calls and their environments between replies (``AGIServer.serve_new_calls``): a new
+caller's first prompt does not wait behind the loop's whole round of calls in progress.
 
 Writes: a command is written without waiting for the transport to drain; one command at a
 time is outstanding, so a session buffers at most one line (< 8 KiB, ``AGI_BUF_LEN``). If
@@ -62,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, cast
 
@@ -84,6 +90,7 @@ from ivr.domain.ivr_ops import (
     SayDigits,
     ServiceFlow,
     SetVar,
+    SetVars,
     Step,
     StepResult,
     Verbose,
@@ -108,8 +115,6 @@ log = get_logger(__name__)
 
 #: Bytes read at most at once (a reply is a line; the environment block, a few hundred bytes).
 READ_SIZE: Final = 64 * 1024
-#: ``os.readv`` where the platform has it (POSIX), for :meth:`AGISession._read_early`.
-_readv: Final = getattr(os, "readv", None)
 #: Read after an ambiguous ``result=-1`` to let a pending ``HANGUP`` line show itself.
 PROBE_VARIABLE: Final = "CHANNEL(state)"
 FAILED: Final = StepResult(failed=True)
@@ -177,6 +182,11 @@ class SessionOwner(Protocol):
         """Called once per connection, admitted or not, when its transport is gone."""
         ...
 
+    def serve_new_calls(self) -> None:
+        """Called after each read a session handles: the owner may accept and start new calls
+        there (often enough that a new caller does not wait for the loop's next turn)."""
+        ...
+
 
 ReplyHandler = Callable[["AGISession", Reply], StepResult | None]
 
@@ -202,10 +212,12 @@ class AGISession(asyncio.BufferedProtocol):
         "_limit",
         "_loop",
         "_on_reply",
+        "_out",
         "_paused",
         "_pending",
         "_read_buffer",
         "_request",
+        "_sock",
         "_step",
         "_timer",
         "_timer_at",
@@ -264,6 +276,14 @@ class AGISession(asyncio.BufferedProtocol):
         # Flow control.
         self._paused = False
         self._held: bytes | None = None
+        # Before the transport: the accepted socket, and what it has not taken yet.
+        self._sock: socket.socket | None = None
+        self._out = b""
+
+    @property
+    def done(self) -> bool:
+        """Whether the session has ended (its transport may still be closing)."""
+        return self._done
 
     @property
     def hung_up(self) -> bool:
@@ -274,43 +294,63 @@ class AGISession(asyncio.BufferedProtocol):
         """Seconds since the environment was read (0 before)."""
         return self._loop.time() - self.started if self.env is not None else 0.0
 
+    # -- before the transport: the server's accept ---------------------------------------------
+
+    def accepted(self, sock: socket.socket, peer: str) -> bool:
+        """Start on a socket the server has just accepted, before the loop builds its transport.
+
+        False: not admitted (the caller closes the socket; nothing was read or sent). Else the
+        environment, if it has arrived, is read and the flow's first command sent at once, on
+        the socket itself: the transport (``connection_made``) comes a turn or two of the loop
+        later, and under load a turn is every other session's reply -- the silence a caller
+        hears before the first prompt. Until then :meth:`read_waiting` reads what arrives.
+        """
+        self.peer = peer
+        if not self.owner.admit(self, peer):
+            self._done = True
+            return False
+        self._sock = sock
+        self._set_deadline(self._loop.time() + self.env_timeout)
+        self.read_waiting()
+        return True
+
+    def read_waiting(self) -> bool:
+        """Read what has arrived while the environment is incomplete; True while it still is.
+
+        The server calls it between other sessions' replies (``AGIServer.serve_new_calls``)
+        so that an environment arriving just after the accept is not left for the loop's
+        next turn. Reads are in order whoever makes them (one thread): the transport, once
+        reading, finds nothing and waits. Nothing there, or an error: the transport reads or
+        reports it as usual.
+        """
+        sock = self._sock
+        if self._done or self.env is not None or sock is None:
+            return False
+        try:
+            nbytes = sock.recv_into(self._read_buffer)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not nbytes:
+            return False  # the peer closed: the transport sees the EOF and reports it
+        self.buffer_updated(nbytes)
+        return not self._done and self.env is None
+
     # -- transport callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The loop's transport for the socket :meth:`accepted` started on."""
         # A stream transport (uvloop's are not registered as asyncio.Transport subclasses).
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        if not self.owner.admit(self, self.peer):
-            self._done = True
-            transport.abort()
+        if self._done:  # ended before the transport came (bad environment, timeout, shutdown)
+            transport.close()
             return
-        self._set_deadline(self._loop.time() + self.env_timeout)
-        self._read_early(transport)
-
-    def _read_early(self, transport: asyncio.Transport) -> None:
-        """Read what is already there (the environment block, usually) without waiting for the
-        loop to poll the socket.
-
-        Asterisk writes the block as soon as it has connected, so by the time the loop has
-        accepted the connection and built its transport the block has arrived. Read here, it
-        gets the first command out one turn of the loop sooner: under load a turn is every
-        other session's reply, and that wait is the silence a caller hears before the first
-        prompt. The transport starts reading only once this callback has returned
-        (``_SelectorSocketTransport.__init__`` in asyncio's selector_events.py schedules its
-        reader after ``connection_made``), so no byte is read twice or out of order. Nothing
-        there yet, or an error: the transport reads or reports it as usual.
-        """
-        sock = transport.get_extra_info("socket")
-        if sock is None or _readv is None:
-            return
-        try:
-            nbytes = _readv(sock.fileno(), [self._read_buffer])
-        except OSError:
-            return
-        if nbytes:
-            self.buffer_updated(nbytes)
+        out, self._out = self._out, b""
+        if out:
+            transport.write(out)
+        self.read_waiting()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer
@@ -320,6 +360,7 @@ class AGISession(asyncio.BufferedProtocol):
             return
         self.conn.receive_data(self._read_buffer[:nbytes])  # copied: the buffer is shared
         self._ctx.run(self._pump)
+        self.owner.serve_new_calls()  # outside this call's context: new sessions start clean
 
     def eof_received(self) -> bool:
         if not self._done:
@@ -486,8 +527,26 @@ class AGISession(asyncio.BufferedProtocol):
             self._held = data
             return
         transport = self.transport
-        assert transport is not None
-        transport.write(data)
+        if transport is not None:
+            transport.write(data)
+        elif self._out:
+            self._out += data
+        else:
+            self._send_early(data)
+
+    def _send_early(self, data: bytes) -> None:
+        """Write on the socket itself, before the transport exists: a fresh socket's buffer
+        takes a command line at once; what it does not take waits for the transport."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the transport reports the broken connection
+        if sent < len(data):
+            self._out = data[sent:]
 
     def _probe(self, reply: Reply) -> None:
         """After a -1: ask something harmless so that a pending HANGUP line shows itself."""
@@ -587,9 +646,15 @@ _REQUEST_KINDS: Final = frozenset(REQUEST_TYPES)
 
 
 def _plan(step: Step) -> Plan:
+    kind = step.__class__
     parts: tuple[Command, ReplyHandler, bool, float]
     if isinstance(step, SetVar):
         parts = (agi.set_variable(step.name, step.value), _setvar_reply, False, 0.0)
+    elif isinstance(step, SetVars):
+        # MSet (main/pbx_variables.c) splits its argument on commas, then each pair on its
+        # first "=": ivr_ops.set_variables only groups names and values that parse back as sent.
+        options = ",".join(f"{name}={value}" for name, value in step.pairs)
+        parts = (agi.exec_("MSet", options), _exec_reply, False, 0.0)
     elif isinstance(step, GetDigits):
         command = agi.get_data(step.prompt, step.timeout_ms, step.max_digits)
         parts = (command, _digits_reply, True, step.timeout_ms / 1000)
@@ -609,7 +674,9 @@ def _plan(step: Step) -> Plan:
         raise TypeError(f"unknown step {step!r}")
     command, on_reply, media, extra = parts
     plan: Plan = (command, command.encode(), on_reply, media, extra)
-    if len(_PLANS) < _PLANS_MAX:
+    # Not an MSet: it carries the call's own values (its case number), seen once, and would
+    # fill the table with lines never asked again.
+    if len(_PLANS) < _PLANS_MAX and kind is not SetVars:
         _PLANS[step] = plan
     return plan
 
@@ -667,6 +734,12 @@ def _probe_reply(session: AGISession, reply: Reply) -> StepResult:
 
 def _setvar_reply(session: AGISession, reply: Reply) -> StepResult:
     return OK if reply.code == 200 else session._refused(reply)
+
+
+def _exec_reply(session: AGISession, reply: Reply) -> StepResult:
+    """``EXEC``: ``200 result=<the application's return>``, ``-2`` when it does not exist
+    (``handle_exec`` in res_agi.c)."""
+    return OK if reply.code == 200 and reply.result == "0" else session._refused(reply)
 
 
 def _getvar_reply(session: AGISession, reply: Reply) -> StepResult:

@@ -107,10 +107,10 @@ from ivr.domain.ivr_ops import (
     Request,
     SayDigits,
     ServiceFlow,
-    SetVar,
     Step,
     StepResult,
     prompt_path,
+    set_variables,
 )
 
 __all__ = [
@@ -931,8 +931,7 @@ class IvrFlow(FlowSteps):
             case=self.case,
             callback_id=callback_id,
         )
-        for name, value in decision.variables().items():
-            step = SetVar(name, value)
+        for step in set_variables(decision.variables()):
             _checked(step, (yield step))
         self.events.emit(
             "ivr.end",

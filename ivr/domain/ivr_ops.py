@@ -41,6 +41,7 @@ nothing offered, and the caller goes on to a human.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -61,6 +62,8 @@ __all__ = [
     "ACTIONS",
     "CONTRACT_VARIABLES",
     "HUNG_UP",
+    "MSET_MAX_CHARS",
+    "MSET_MAX_PAIRS",
     "OK",
     "REQUEST_TYPES",
     "Answer",
@@ -91,6 +94,7 @@ __all__ = [
     "SayDigits",
     "ServiceFlow",
     "SetVar",
+    "SetVars",
     "Step",
     "StepResult",
     "Verbose",
@@ -100,6 +104,7 @@ __all__ = [
     "prompt_path",
     "refuse",
     "run_sync",
+    "set_variables",
 ]
 
 Clock = Callable[[], float]
@@ -155,6 +160,17 @@ class SetVar:
 
 
 @dataclass(frozen=True, slots=True)
+class SetVars:
+    """Set several channel variables in one exchange (``EXEC MSet``), in order.
+
+    A flow ends by setting the whole dialplan contract; one command instead of one per
+    variable spares as many round trips to Asterisk on every call.
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GetVar:
     name: str
 
@@ -171,10 +187,66 @@ class Hangup:
     """Hang the channel up (only for calls we refuse to handle)."""
 
 
-Step = Answer | Play | GetDigits | SayDigits | SetVar | GetVar | Verbose | Hangup
+Step = Answer | Play | GetDigits | SayDigits | SetVar | SetVars | GetVar | Verbose | Hangup
 
 #: Steps that need a live channel: Asterisk answers them 511 once the caller has gone.
 MEDIA_STEPS: Final = (Answer, Play, GetDigits, SayDigits)
+
+#: At most this many variables, and this many characters of ``name=value,...``, in one
+#: :class:`SetVars`: MSet parses up to 99 pairs (``pbx_builtin_setvar_multiple``,
+#: main/pbx_variables.c) and res_agi.c reads a command line into AGI_BUF_LEN (8192) bytes;
+#: both caps stay far below, so a long decision never meets either limit.
+MSET_MAX_PAIRS: Final = 20
+MSET_MAX_CHARS: Final = 1024
+
+#: A name MSet gives back as written: no ``=`` (the pair's separator), no space, no
+#: ``(``/``[`` (a function such as ``CHANNEL(language)``), no leading digit.
+_MSET_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: A value MSet gives back as written, empty included: ASCII, and none of the characters
+#: that the parsers on the way give a meaning to -- res_agi.c ``parse_args`` (space, tab,
+#: double quote, backslash), ``__ast_app_separate_args`` in main/app.c (the comma; quotes
+#: and backslashes removed; ``()`` and ``[]`` hiding commas), the pair's ``=``, and the
+#: ``$`` of ``${...}``, substituted when the channel sets ``AGIEXECFULL`` (``handle_exec``).
+_MSET_VALUE: Final = re.compile(r"[A-Za-z0-9_.:@+/-]*")
+
+
+def set_variables(variables: Mapping[str, str]) -> tuple[Step, ...]:
+    """The steps that set ``variables``, in their order: runs of pairs in one :class:`SetVars`.
+
+    Setting a flow's decision one ``SET VARIABLE`` at a time costs a round trip to Asterisk
+    per variable on every call; one ``EXEC MSet`` sets them all. But MSet parses its
+    argument (commas between pairs, quotes and backslashes removed, brackets grouping), so
+    only a name and value that are certain to come back exactly as sent join a group
+    (:data:`_MSET_NAME`, :data:`_MSET_VALUE`); any other pair is a :class:`SetVar` of its
+    own, whose value ``SET VARIABLE`` takes verbatim. The order is kept across both (MSet
+    sets its pairs left to right), so a variable the contract sets last -- ``IVR_CALLBACK_ID``
+    -- is still set after all the others. A group of one stays a :class:`SetVar`, and a
+    group closes at :data:`MSET_MAX_PAIRS` pairs or :data:`MSET_MAX_CHARS` characters.
+    """
+    steps: list[Step] = []
+    run: list[tuple[str, str]] = []
+    size = 0
+    for name, value in variables.items():
+        if not (_MSET_NAME.fullmatch(name) and _MSET_VALUE.fullmatch(value)):
+            _close_run(run, steps)
+            steps.append(SetVar(name, value))
+            continue
+        width = len(name) + 1 + len(value)
+        if run and (len(run) >= MSET_MAX_PAIRS or size + 1 + width > MSET_MAX_CHARS):
+            _close_run(run, steps)
+        size = size + 1 + width if run else width
+        run.append((name, value))
+    _close_run(run, steps)
+    return tuple(steps)
+
+
+def _close_run(run: list[tuple[str, str]], steps: list[Step]) -> None:
+    """Append the pairs of ``run`` to ``steps`` as one step, and empty it."""
+    if len(run) == 1:
+        steps.append(SetVar(*run[0]))
+    elif run:
+        steps.append(SetVars(tuple(run)))
+    run.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,8 +563,9 @@ def refuse(reason: str, message: str) -> Flow:
     let the dialplan's ``h`` extension or CDR see it too.
     """
     yield Verbose(message)
-    yield SetVar("IVR_ACTION", "hangup")
-    yield SetVar("IVR_REASON", reason)
+    # Not ``yield from``: a tuple's iterator has no send() for the results the driver sends.
+    for step in set_variables({"IVR_ACTION": "hangup", "IVR_REASON": reason}):  # noqa: UP028
+        yield step
     yield Hangup()
     return Decision(action="hangup", service="", lang="", reason=reason)
 

@@ -154,6 +154,30 @@ def agi_set_variable(command: str | None) -> tuple[str, str] | None:
     return name, value
 
 
+def agi_set_variables(command: str | None) -> list[tuple[str, str]]:
+    """The variables an ``AGIExecStart`` ``Command`` sets: ``SET VARIABLE name value``, or
+    ``EXEC MSet a=1,b=2`` (how our IVR ends a call, ``ivr.domain.ivr_ops.set_variables``).
+
+    The MSet argument is split on commas and each item on its first ``=``: exact for the
+    lines our IVR sends, which group only names and values without quotes, commas or
+    escapes (anything else goes by ``SET VARIABLE``). The VarSet events carry the same.
+    """
+    single = agi_set_variable(command)
+    if single is not None:
+        return [single]
+    if not command or not command[:10].upper().startswith("EXEC MSET "):
+        return []
+    rest = command[10:].strip()
+    if len(rest) >= 2 and rest[0] == rest[-1] == '"':
+        rest = rest[1:-1]
+    pairs: list[tuple[str, str]] = []
+    for item in rest.split(","):
+        name, sep, value = item.partition("=")
+        if sep and name:
+            pairs.append((name, value))
+    return pairs
+
+
 @dataclass(frozen=True, slots=True)
 class MemberFields:
     """A queue member's state, whichever message carried it."""

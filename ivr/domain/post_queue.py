@@ -76,6 +76,7 @@ from ivr.domain.ivr_ops import (
     SetVar,
     Verbose,
     prompt_path,
+    set_variables,
 )
 
 __all__ = ["after_queue", "callback_greet", "callback_result", "exit_key", "survey"]
@@ -189,8 +190,8 @@ class _Script(FlowSteps):
             case=self.case,
             callback_id=callback_id,
         )
-        for name, value in decision.variables().items():
-            yield from self._do(SetVar(name, value))
+        for step in set_variables(decision.variables()):
+            yield from self._do(step)
         return decision
 
     def after_offer(self, outcome: OfferOutcome, requeue_reason: str) -> Sub[Decision]:

@@ -98,7 +98,7 @@ from ivr.domain.normalise import (
     DEVICE_STATES,
     MemberFields,
     agi_script,
-    agi_set_variable,
+    agi_set_variables,
     callerid,
     local_half,
     member_fields,
@@ -566,9 +566,9 @@ class StateTracker:
         if call.pending is not None and call.pending.abandon:
             self._settle(call)
         self._activate(call)
-        var = agi_set_variable(f.get("Command"))
-        if var is not None and var[0].startswith("IVR_"):
-            self._ivr_var(call, var[0], var[1], up=True)
+        for name, value in agi_set_variables(f.get("Command")):
+            if name.startswith("IVR_"):
+                self._ivr_var(call, name, value, up=True)
 
     def _on_varset(self, f: Fields, ts: float, raw: str) -> None:
         var = f.get("Variable")
