@@ -36,7 +36,8 @@ FastAGI (``--agi``):
   service, IVR_DEFAULT_QTIMEOUT; after the queue, hang up). Each AGI() still costs a TCP
   connect attempt.
 * ``fast``: a minimal in-process FastAGI server answers like the controller's contract
-  (``ivr``: IVR_ACTION=queue and the queue variables; ``after-queue``: hangup), without
+  (``ivr``: IVR_ACTION=queue and the queue variables in one ``EXEC MSet``, as the
+  controller sets them; ``after-queue``: hangup), without
   menus, so each call makes two real FastAGI sessions (both ends in this process).
 
 The round trips of a real IVR (prompts, GET DATA) take virtual time, not CPU; what costs
@@ -71,7 +72,7 @@ from typing import Any
 
 import structlog
 
-from ivr.protocol.agi import AGIServerConnection, Command, set_variable
+from ivr.protocol.agi import AGIServerConnection, Command, exec_, set_variable
 from ivr.sim.ami_server import AMIServer
 from ivr.sim.conf_loader import product_config
 from ivr.sim.config import AgentModel, MemberConfig, SimConfig
@@ -132,7 +133,9 @@ class _FastAGI(asyncio.Protocol):
                     variables.append(("IVR_QTIMEOUT", "300"))
                 else:
                     variables = [("IVR_ACTION", "hangup")]
-                self.pending = [set_variable(k, v) for k, v in variables]
+                # As the controller sets them: one EXEC MSet (ivr.domain.ivr_ops.set_variables).
+                options = ",".join(f"{k}={v}" for k, v in variables)
+                self.pending = [exec_("MSet", options) if len(variables) > 1 else set_variable(*variables[0])]
                 self._next()
             elif isinstance(event, Reply):
                 self._next()
