@@ -112,6 +112,13 @@ def _utf8(text: str) -> bytes:
 # -- messages --------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
+def _query_items(query: str) -> tuple[tuple[str, str], ...]:
+    """A query string's pairs, last value wins: a dialplan calls a handful of URLs, parsed once."""
+    parsed = parse_qs(query, keep_blank_values=True)
+    return tuple((k, v[-1]) for k, v in parsed.items())
+
+
 @dataclass(frozen=True, slots=True)
 class AGIEnvironment:
     """The ``agi_*`` variables Asterisk sends when a session opens, in order."""
@@ -136,8 +143,7 @@ class AGIEnvironment:
     @property
     def query(self) -> dict[str, str]:
         """The query string of the AGI URL as a dict (last value wins)."""
-        parsed = parse_qs(self.network_script.partition("?")[2], keep_blank_values=True)
-        return {k: v[-1] for k, v in parsed.items()}
+        return dict(_query_items(self.network_script.partition("?")[2]))
 
     @property
     def uniqueid(self) -> str:
