@@ -53,7 +53,11 @@ class Rig:
 
     def __init__(self) -> None:
         self.order: list[str] = []
-        flows: dict[str, Callable[[CallInfo, Clock, EventSink], Flow]] = {"slow": self.slow, "new": self.new}
+        flows: dict[str, Callable[[CallInfo, Clock, EventSink], Flow]] = {
+            "slow": self.slow,
+            "new": self.new,
+            "slowstart": self.slowstart,
+        }
         self.server = AGIServer(default_config(), flows, None, "127.0.0.1", 0)  # type: ignore[arg-type]
         self.sockets: list[socket.socket] = []
 
@@ -66,6 +70,11 @@ class Rig:
 
     def new(self, call: CallInfo, clock: Clock, emit: EventSink) -> Flow:
         self.order.append(call.uniqueid)
+        yield Answer()
+        return decision()
+
+    def slowstart(self, call: CallInfo, clock: Clock, emit: EventSink) -> Flow:
+        time.sleep(0.0015)  # a flow that takes 1.5 ms to start
         yield Answer()
         return decision()
 
@@ -134,7 +143,10 @@ async def test_a_new_call_is_accepted_and_answered_between_replies_of_calls_in_p
     assert rig.order.index("new-call") <= 2, rig.order
 
 
-async def test_an_environment_arriving_after_the_accept_is_read_between_replies(rig: Rig) -> None:
+async def test_an_environment_arriving_after_the_accept_is_read_between_replies(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "ENV_POLL_WINDOW_S", 5.0)  # this test's pauses are longer
     olds = await calls_in_progress(rig)
     new = rig.connect()  # accepted, its transport made, no environment yet
     for _ in range(50):
@@ -165,16 +177,18 @@ async def test_a_call_whose_environment_is_bad_at_the_accept_is_closed_and_freed
     assert await read_line(ok) == b"ANSWER\n"
 
 
-class ExhaustedOnce:
-    """A listening socket whose first accept() fails as when the process is out of descriptors."""
+class Exhausted:
+    """A listening socket whose accept() fails as when the process is out of descriptors,
+    while ``failing``."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.failed = False
+        self.failing = True
+        self.calls = 0
 
     def accept(self) -> tuple[socket.socket, Any]:
-        if not self.failed:
-            self.failed = True
+        self.calls += 1
+        if self.failing:
             raise OSError(errno.EMFILE, "Too many open files")
         return self.sock.accept()
 
@@ -191,21 +205,105 @@ class ExhaustedOnce:
 async def test_out_of_descriptors_pauses_accepting_then_serves_the_call(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "ACCEPT_PAUSE_S", 0.05)
+    monkeypatch.setattr(server_module, "ACCEPT_PAUSE_S", 0.2)
+    monkeypatch.setattr(server_module, "NEW_CALL_POLL_S", 0.0)  # every reply looks for new calls
     loop = asyncio.get_running_loop()
     server = rig.server
     real = server._listeners[0]
-    wrapped = ExhaustedOnce(real)
+    wrapped = Exhausted(real)
     loop.remove_reader(real.fileno())
     server._listeners[0] = wrapped  # type: ignore[call-overload]
     loop.add_reader(real.fileno(), server._accept, wrapped)
     with structlog.testing.capture_logs() as logs:
-        sock = rig.connect()
-        sock.sendall(env_bytes("new", "after-pause"))
-        assert await read_line(sock) == b"ANSWER\n"
-    assert wrapped.failed
+        busy = rig.connect()  # a call in progress: its replies are where the server looks
+        new = rig.connect()
+        await asyncio.sleep(0.02)
+        assert wrapped.calls == 1  # paused: neither the loop nor the looks between replies retry
+        for _ in range(5):
+            server.serve_new_calls()
+        assert wrapped.calls == 1
+        wrapped.failing = False  # descriptors free again: accepting resumes after the pause
+        busy.sendall(env_bytes("new", "busy"))
+        new.sendall(env_bytes("new", "after-pause"))
+        assert await read_line(new) == b"ANSWER\n"
+        assert await read_line(busy) == b"ANSWER\n"
     paused = [e for e in logs if e["event"] == "agi.accept_paused"]
     assert len(paused) == 1 and "Too many open files" in paused[0]["error"]
+
+
+async def test_a_burst_of_new_calls_is_served_without_nesting(rig: Rig) -> None:
+    """200 calls queued at once, each flow slow to start: each is started from the look of
+    the one before; one look at a time, or the stack grows by a call each millisecond."""
+    socks = []
+    for i in range(200):
+        sock = rig.connect()
+        sock.sendall(env_bytes("slowstart", f"burst-{i}"))
+        socks.append(sock)
+    for sock in socks:
+        assert await read_line(sock) == b"ANSWER\n"
+    assert rig.server.stats.sessions_active == 200 and rig.server.stats.failed == 0
+
+
+async def test_a_silent_connection_is_left_to_its_transport_after_the_window(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "ENV_POLL_WINDOW_S", 0.02)
+    monkeypatch.setattr(server_module, "NEW_CALL_POLL_S", 0.0)
+    server = rig.server
+    silent = rig.connect()
+    for _ in range(100):
+        if server._waiting_env:
+            break
+        await asyncio.sleep(0.005)
+    [session] = list(server._waiting_env)
+    await asyncio.sleep(0.05)
+    server.serve_new_calls()
+    assert session.transport is not None and not server._waiting_env  # no more polling
+    silent.sendall(env_bytes("new", "late"))  # its transport still reads it
+    assert await read_line(silent) == b"ANSWER\n"
+
+
+async def test_stop_twice_at_once_and_the_port_while_stopping(rig: Rig) -> None:
+    server = rig.server
+    port = server.port
+    sock = rig.connect()
+    sock.sendall(env_bytes("new", "in-call"))
+    assert await read_line(sock) == b"ANSWER\n"  # then never answered: it holds the drain
+    first = asyncio.create_task(server.stop(grace=0.3))
+    await asyncio.sleep(0.05)
+    assert server.port == port
+    await asyncio.wait_for(server.stop(grace=0.3), 5.0)  # waits for the first
+    assert first.done() and first.exception() is None
+    assert server.stats.sessions_active == 0
+
+
+class NoIPv6:
+    """The socket module of a host without IPv6 (``socket()`` fails for AF_INET6)."""
+
+    def __init__(self, families: tuple[int, ...] = (socket.AF_INET6,)) -> None:
+        self.families = families
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    def socket(self, family: int, *args: Any) -> socket.socket:
+        if family in self.families:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return socket.socket(family, *args)
+
+
+async def test_a_host_without_ipv6_listens_on_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "socket", NoIPv6())
+    loop = asyncio.get_running_loop()
+    listeners = await server_module._listen(loop, "", 0, 10)
+    try:
+        assert [s.family for s in listeners] == [socket.AF_INET]
+    finally:
+        for s in listeners:
+            s.close()
+    monkeypatch.setattr(server_module, "socket", NoIPv6((socket.AF_INET, socket.AF_INET6)))
+    with pytest.raises(OSError, match="no address to listen on"):
+        await server_module._listen(loop, "", 0, 10)
 
 
 async def test_a_port_in_use_is_a_clear_error() -> None:

@@ -71,6 +71,9 @@ Performer = Callable[[Request], Awaitable[ivr_ops.Reply]]
 
 #: How often, at most, sessions' replies give way to new calls (see the module docstring).
 NEW_CALL_POLL_S: Final = 0.001
+#: How long after its accept a session whose environment has not arrived is read between
+#: replies (then, if its transport is there, only when the loop sees its socket readable).
+ENV_POLL_WINDOW_S: Final = 0.05
 #: Connections accepted at most per look (the rest wait for the next one).
 ACCEPT_BATCH: Final = 64
 #: accept() errors that mean "out of resources": stop accepting for a while (asyncio's
@@ -150,8 +153,14 @@ class AGIServer:
         self._port = config.agi.port if port is None else port
         self.clock = clock
         self._listeners: list[socket.socket] = []
+        self._bound_port = 0  # the port listened on (0 before start)
+        self._stopped: asyncio.Event | None = None  # set once a stop in progress is over
         self._new_session: Callable[[], AGISession] | None = None
-        self._waiting_env: set[AGISession] = set()  # accepted, environment not complete yet
+        # Accepted, environment not complete yet: polled between replies until this loop time
+        # (or until the environment is read, if the transport is not there yet).
+        self._waiting_env: dict[AGISession, float] = {}
+        self._serving = False  # in serve_new_calls
+        self._accept_paused: set[socket.socket] = set()  # out of descriptors: resumed later
         self._attaching: set[asyncio.Task[object]] = set()  # transports being built
         self._next_look = 0.0  # loop time of the next look for new calls between replies
         self._sessions: set[AGISession] = set()  # admitted, not ended
@@ -171,10 +180,7 @@ class AGIServer:
     @property
     def port(self) -> int:
         """The listening port (the real one after :meth:`start` with port 0)."""
-        if self._listeners:
-            port: int = self._listeners[0].getsockname()[1]
-            return port
-        return self._port
+        return self._bound_port or self._port
 
     @property
     def stats(self) -> AGIStats:
@@ -204,14 +210,29 @@ class AGIServer:
         # A burst of calls connects at once: a listen backlog below max_sessions makes the
         # kernel drop SYNs, and those callers wait a second for the retransmission.
         self._listeners = await _listen(loop, self.host, self._port, max(100, agi_cfg.max_sessions))
+        self._bound_port = self._listeners[0].getsockname()[1]
         for listener in self._listeners:
             loop.add_reader(listener.fileno(), self._accept, listener)
         log.info("agi.listening", host=self.host, port=self.port, max_sessions=agi_cfg.max_sessions)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let sessions finish up to ``grace`` seconds, then drop them."""
+        """Stop accepting, let sessions finish up to ``grace`` seconds, then drop them.
+
+        A second call while one runs waits for it; a call on a stopped server returns.
+        """
+        if self._stopped is not None:
+            await self._stopped.wait()
+            return
         if not self._listeners:
             return
+        self._stopped = asyncio.Event()
+        try:
+            await self._stop(grace)
+        finally:
+            self._stopped.set()
+            self._stopped = None
+
+    async def _stop(self, grace: float | None) -> None:
         self._closing = True
         loop = asyncio.get_running_loop()
         self._stop_listening()
@@ -239,15 +260,17 @@ class AGIServer:
         if self._requests:  # requests of ended calls: recorded, not dropped half-way
             log.info("agi.requests_finishing", requests=len(self._requests))
             await asyncio.wait(set(self._requests), timeout=max(deadline, 1.0))
-        self._listeners = []
+        self._bound_port = 0
         log.info("agi.stopped", sessions_total=self.sessions_total, rejected=self.rejected)
 
     def _stop_listening(self) -> None:
         loop = self._loop
-        for listener in self._listeners:
-            if loop is not None and not loop.is_closed():
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            if loop is not None and not loop.is_closed() and listener not in self._accept_paused:
                 loop.remove_reader(listener.fileno())
             listener.close()
+        self._accept_paused.clear()
 
     async def __aenter__(self) -> AGIServer:
         await self.start()
@@ -272,11 +295,13 @@ class AGIServer:
                 loop = self._loop
                 assert loop is not None
                 loop.remove_reader(listener.fileno())
+                self._accept_paused.add(listener)
                 loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, listener)
                 return
             self._start_session(sock, address)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
+        self._accept_paused.discard(listener)
         if not self._closing and listener in self._listeners and self._loop is not None:
             self._loop.add_reader(listener.fileno(), self._accept, listener)
 
@@ -293,11 +318,13 @@ class AGIServer:
             sock.close()
             self.connection_lost(session)
             return
-        if session.env is None and not session.done:
-            self._waiting_env.add(session)
+        # The transport first: whatever happens in the early read, the socket has an owner
+        # that closes it and reports the connection's end.
         task: asyncio.Task[object] = loop.create_task(loop.connect_accepted_socket(lambda: session, sock))
         self._attaching.add(task)
         task.add_done_callback(lambda done: self._attached(done, session, sock))
+        if session.read_waiting():
+            self._waiting_env[session] = loop.time() + ENV_POLL_WINDOW_S
 
     def _attached(self, task: asyncio.Task[object], session: AGISession, sock: socket.socket) -> None:
         """The transport is there (the session has it), or could not be made: then end the call."""
@@ -309,21 +336,35 @@ class AGIServer:
 
     def serve_new_calls(self) -> None:
         """Between sessions' replies, at most every :data:`NEW_CALL_POLL_S`: accept waiting
-        connections and read environments that arrived after their accept."""
+        connections and read environments that arrived after their accept.
+
+        Not re-entered: a session started here reads and runs its flow, which calls back here
+        (a burst of calls would otherwise nest one level per call). Nothing raised here
+        reaches the session whose reply led here: it is logged, and that call goes on.
+        """
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        if now < self._next_look:
+        if now < self._next_look or self._serving:
             return
         self._next_look = now + NEW_CALL_POLL_S
-        if not self._closing:
-            for listener in self._listeners:
-                self._accept(listener)
-        waiting = self._waiting_env
-        if waiting:
-            for session in list(waiting):
-                if not session.read_waiting():
-                    waiting.discard(session)
+        self._serving = True
+        try:
+            if not self._closing:
+                for listener in self._listeners:
+                    if listener not in self._accept_paused:
+                        self._accept(listener)
+            waiting = self._waiting_env
+            for session, until in list(waiting.items()):
+                # Once its transport reads, a session that stays silent is left to it: polling
+                # a silent peer (a health check, a stuck PBX) until its deadline costs a recv
+                # per look for nothing.
+                if (now > until and session.transport is not None) or not session.read_waiting():
+                    del waiting[session]
+        except Exception:
+            log.exception("agi.serve_new_calls_failed")
+        finally:
+            self._serving = False
 
     # -- sessions (SessionOwner) ------------------------------------------------------------------
 
@@ -397,7 +438,7 @@ class AGIServer:
         self, session: AGISession, outcome: Outcome, error: str, exc: BaseException | None
     ) -> None:
         self._sessions.discard(session)
-        self._waiting_env.discard(session)
+        self._waiting_env.pop(session, None)
         self.sessions_active -= 1
         if outcome.failed:
             self.failed += 1
@@ -442,7 +483,10 @@ async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int, backlog
     sockets: list[socket.socket] = []
     try:
         for family, type_, proto, _name, address in dict.fromkeys(infos):
-            sock = socket.socket(family, type_, proto)
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError:
+                continue  # an address family this host lacks (IPv6 off): the others serve
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -461,4 +505,6 @@ async def _listen(loop: asyncio.AbstractEventLoop, host: str, port: int, backlog
         for sock in sockets:
             sock.close()
         raise
+    if not sockets:
+        raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host!r} port {port}")
     return sockets

@@ -297,13 +297,14 @@ class AGISession(asyncio.BufferedProtocol):
     # -- before the transport: the server's accept ---------------------------------------------
 
     def accepted(self, sock: socket.socket, peer: str) -> bool:
-        """Start on a socket the server has just accepted, before the loop builds its transport.
+        """Admit a socket the server has just accepted, before the loop builds its transport.
 
-        False: not admitted (the caller closes the socket; nothing was read or sent). Else the
-        environment, if it has arrived, is read and the flow's first command sent at once, on
-        the socket itself: the transport (``connection_made``) comes a turn or two of the loop
-        later, and under load a turn is every other session's reply -- the silence a caller
-        hears before the first prompt. Until then :meth:`read_waiting` reads what arrives.
+        False: not admitted (the caller closes the socket; nothing was read or sent). Then
+        the server has the transport built and calls :meth:`read_waiting`: the environment,
+        if it has arrived, is read and the flow's first command sent at once, on the socket
+        itself. The transport (``connection_made``) comes a turn or two of the loop later,
+        and under load a turn is every other session's reply -- the silence a caller hears
+        before the first prompt.
         """
         self.peer = peer
         if not self.owner.admit(self, peer):
@@ -311,7 +312,6 @@ class AGISession(asyncio.BufferedProtocol):
             return False
         self._sock = sock
         self._set_deadline(self._loop.time() + self.env_timeout)
-        self.read_waiting()
         return True
 
     def read_waiting(self) -> bool:
@@ -344,6 +344,11 @@ class AGISession(asyncio.BufferedProtocol):
         # A stream transport (uvloop's are not registered as asyncio.Transport subclasses).
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        if self._sock is None and not self._done:  # not started by AGIServer's accept: never admitted
+            log.error("agi.session_not_accepted")
+            self._done = True
+            transport.abort()
+            return
         if self._done:  # ended before the transport came (bad environment, timeout, shutdown)
             transport.close()
             return
