@@ -458,18 +458,25 @@ async def test_a_controller_started_after_the_crash_adopts_the_call_in_progress(
     assert b.dispatcher.stats.liveness_checks >= 1
 
 
-async def test_a_call_gone_while_no_controller_ran_is_settled_from_astdb(rig: Rig, nodes: list[Node]) -> None:
-    """Every controller was down when the call ended: the outcome 'h' kept in AstDB settles
-    it (DBGet), the customer is not dialled again, and the next call deletes the key."""
+async def dialled_then_killed(rig: Rig, nodes: list[Node], number: str) -> str:
+    """A callback dialled by a controller killed right after its Originate; the call then
+    ends while no controller runs. Returns the request's id."""
     a = Node(rig, "ctl-a")
     nodes.append(a)
     await a.start(dispatch=False)
-    cid = await ask(a, "0611111111", -60, "u1")  # answers after 1 s, talks 3 s
+    cid = await ask(a, number, -60, "u1")
     a.run()
     await wait_for(lambda: a.dispatcher.stats.originates >= 1, what="the Originate")
     await a.kill()
     nodes.remove(a)
     await wait_for(lambda: not rig.sim.channels, what="the call over")
+    return cid
+
+
+async def test_a_call_gone_while_no_controller_ran_is_settled_from_astdb(rig: Rig, nodes: list[Node]) -> None:
+    """Every controller was down when the call ended: the outcome 'h' kept in AstDB settles
+    it (DBGet), the customer is not dialled again, and the next call deletes the key."""
+    cid = await dialled_then_killed(rig, nodes, "0611111111")  # answers after 1 s, talks 3 s
     assert rig.sim.astdb.get("decroche-cb", cid) == "1:ANSWER"
     b = Node(rig, "ctl-b", config=settings(retry_delay_s=3600.0))
     nodes.append(b)
@@ -511,15 +518,7 @@ async def test_a_dbget_that_asterisk_does_not_answer_keeps_the_lease_and_is_aske
         return await real_dbget(sim, action)
 
     monkeypatch.setitem(sim_actions.ACTIONS, "dbget", slow_once)
-    a = Node(rig, "ctl-a")
-    nodes.append(a)
-    await a.start(dispatch=False)
-    cid = await ask(a, "0611111111", -60, "u1")  # answers after 1 s, talks 3 s
-    a.run()
-    await wait_for(lambda: a.dispatcher.stats.originates >= 1, what="the Originate")
-    await a.kill()
-    nodes.remove(a)
-    await wait_for(lambda: not rig.sim.channels, what="the call over")
+    cid = await dialled_then_killed(rig, nodes, "0611111111")  # answers after 1 s, talks 3 s
     b = Node(rig, "ctl-b", config=settings(retry_delay_s=3600.0))
     nodes.append(b)
     with structlog.testing.capture_logs() as logs:

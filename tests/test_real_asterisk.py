@@ -58,6 +58,7 @@ from ivr.domain.ivr_ops import (
     set_variables,
 )
 from ivr.domain.ivr_ops import Reply as ServiceReply
+from ivr.domain.scripts import AnyFlowFactory
 from ivr.protocol import agi
 from ivr.protocol.agi import NEED_DATA, AGIEnvironment, AGIServerConnection, Reply
 from ivr.protocol.ami import Event
@@ -346,6 +347,17 @@ async def test_mset_parses_its_argument_as_the_simulator_does(
     assert [r.data or "" for r in replies[1:-1]] == list(expected.values())
 
 
+#: What the after-queue script decides in these tests.
+HANG_UP_AFTER_QUEUE = Decision(action="hangup", service="cpam", lang="fr", reason="test")
+
+
+def ivr_server(asterisk: AsteriskProcess, ivr: AnyFlowFactory, after_queue: AnyFlowFactory) -> AGIServer:
+    """Our FastAGI server on the test Asterisk's AGI port, with these two scripts."""
+    return AGIServer(
+        default_config(), flows={"ivr": ivr, "after-queue": after_queue}, port=asterisk.config.agi_port
+    )
+
+
 def _decide(decision: Decision) -> Flow:
     for step in set_variables(decision.variables()):
         result = yield step
@@ -390,11 +402,9 @@ async def test_variables_set_by_one_mset_line_read_back_exactly(
 
     def after_queue(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
         after.append(call)
-        return _decide(Decision(action="hangup", service="cpam", lang="fr", reason="test"))
+        return _decide(HANG_UP_AFTER_QUEUE)
 
-    server = AGIServer(
-        default_config(), flows={"ivr": ivr, "after-queue": after_queue}, port=asterisk.config.agi_port
-    )
+    server = ivr_server(asterisk, ivr, after_queue)
     async with server:
         await originate_inbound(ami, "0199000003")
         events = await events_until_gone(ami, "0199000003")
@@ -430,11 +440,9 @@ async def test_agi_server_and_the_dialplan_contract(asterisk: AsteriskProcess, a
 
     def after_queue(call: CallInfo, clock: Clock, sink: EventSink) -> Flow:
         calls["after-queue"] = call
-        return _decide(Decision(action="hangup", service="cpam", lang="fr", reason="test"))
+        return _decide(HANG_UP_AFTER_QUEUE)
 
-    server = AGIServer(
-        default_config(), flows={"ivr": ivr, "after-queue": after_queue}, port=asterisk.config.agi_port
-    )
+    server = ivr_server(asterisk, ivr, after_queue)
     async with server:
         await originate_inbound(ami, "0199000003")
         events = await events_until_gone(ami, "0199000003")
