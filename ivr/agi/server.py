@@ -290,6 +290,7 @@ class AGIServer:
                 return
             except OSError as exc:
                 if exc.errno not in _ACCEPT_PAUSE_ERRNOS:
+                    log.debug("agi.accept_failed", error=str(exc))
                     continue  # that connection failed (ECONNABORTED ...): the next may not
                 log.error("agi.accept_paused", error=str(exc), pause_s=ACCEPT_PAUSE_S)
                 loop = self._loop
