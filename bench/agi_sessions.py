@@ -70,7 +70,14 @@ from ivr.agi.server import AGIServer, AGIStats
 from ivr.config import Config, default_config
 from ivr.domain.events import CallEvent
 from ivr.domain.ivr_ops import prompt_path
-from ivr.protocol.agi import AGIClientConnection, Command, UnknownCommand, encode_reply, parse_command
+from ivr.protocol.agi import (
+    AGIClientConnection,
+    Command,
+    UnknownCommand,
+    encode_reply,
+    mset_pairs,
+    parse_command,
+)
 from ivr.recording import read_fastagi
 
 #: Inside every default service's opening hours.
@@ -166,10 +173,7 @@ class Answers:
             return encode_reply(200, 1)
         mset = name == "EXEC" and len(cmd.args) > 0 and cmd.args[0].lower() == "mset"
         if mset:
-            # The server groups only names and values without quotes, commas or "=" in them
-            # (ivr_ops.set_variables): a plain split reads them as MSet does.
-            pairs = cmd.args[1].split(",") if len(cmd.args) > 1 else []
-            action = next((pair[11:] for pair in pairs if pair.startswith("IVR_ACTION=")), None)
+            action = dict(mset_pairs(cmd.args[1] if len(cmd.args) > 1 else "")).get("IVR_ACTION")
             if action is not None:
                 session.action = action
                 return encode_reply(200, 0)

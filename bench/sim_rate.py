@@ -72,7 +72,7 @@ from typing import Any
 
 import structlog
 
-from ivr.protocol.agi import AGIServerConnection, Command, exec_, set_variable
+from ivr.protocol.agi import AGIServerConnection, Command, mset, set_variable
 from ivr.sim.ami_server import AMIServer
 from ivr.sim.conf_loader import product_config
 from ivr.sim.config import AgentModel, MemberConfig, SimConfig
@@ -134,8 +134,7 @@ class _FastAGI(asyncio.Protocol):
                 else:
                     variables = [("IVR_ACTION", "hangup")]
                 # As the controller sets them: one EXEC MSet (ivr.domain.ivr_ops.set_variables).
-                options = ",".join(f"{k}={v}" for k, v in variables)
-                self.pending = [exec_("MSet", options) if len(variables) > 1 else set_variable(*variables[0])]
+                self.pending = [mset(variables) if len(variables) > 1 else set_variable(*variables[0])]
                 self._next()
             elif isinstance(event, Reply):
                 self._next()

@@ -16,6 +16,7 @@ from ivr.config import Config, default_config
 from ivr.controller import Controller
 from ivr.demo import _sim_config, start_with_controller
 from ivr.domain.events import CallEvent
+from ivr.protocol.ami import Action
 from ivr.sim.config import SimConfig
 from ivr.sim.engine import Simulator
 from ivr.sim.run import RunningSim
@@ -111,3 +112,12 @@ async def wait_for(predicate: Callable[[], Any], limit_s: float = 20.0, what: st
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {limit_s:g} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def action(name: str, *pairs: tuple[str, str], action_id: str = "t-1") -> Action:
+    """An AMI action as a client would send it (the first of a repeated header wins)."""
+    headers = (("Action", name), ("ActionID", action_id), *pairs)
+    fields: dict[str, str] = {}
+    for k, v in headers:
+        fields.setdefault(k, v)
+    return Action(fields, headers, name=name)

@@ -314,4 +314,9 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
         server = AGIServer(default_config(), None, None, "127.0.0.1", port)
         with pytest.raises(OSError, match=f"error while attempting to bind on address .*{port}"):
             await server.start()
-        assert server.port == port  # nothing listening was left behind
+    # Nothing half-started was left behind: once the port is free, the same server starts.
+    await server.start()
+    try:
+        assert server.port == port
+    finally:
+        await server.stop(grace=0.1)

@@ -50,9 +50,8 @@ from ivr.domain.ivr_ops import (
 )
 from ivr.domain.ivr_ops import Reply as ServiceReply
 from ivr.domain.scripts import service_flows
-from ivr.protocol.agi import CLOSED, NEED_DATA, AGIClientConnection, Command, UnknownCommand
+from ivr.protocol.agi import CLOSED, NEED_DATA, AGIClientConnection, Command, UnknownCommand, mset_pairs
 from ivr.recording import read_fastagi
-from ivr.sim.agi_client import mset_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk"
 PARIS = ZoneInfo("Europe/Paris")

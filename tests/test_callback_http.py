@@ -39,10 +39,10 @@ class Harness:
         )
 
 
-@pytest.fixture
-async def api(redis_client: redis.asyncio.Redis) -> AsyncIterator[tuple[TestClient[Any, Any], Harness]]:
-    harness = Harness(redis_client)
-    app = web.Application()
+async def serve(
+    app: web.Application, harness: Harness
+) -> AsyncIterator[tuple[TestClient[Any, Any], Harness]]:
+    """``app`` with the callback routes added, served to a test client while the test runs."""
     add_routes(app, harness.service)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
@@ -50,6 +50,14 @@ async def api(redis_client: redis.asyncio.Redis) -> AsyncIterator[tuple[TestClie
         yield client, harness
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def api(redis_client: redis.asyncio.Redis) -> AsyncIterator[tuple[TestClient[Any, Any], Harness]]:
+    harness = Harness(redis_client)
+    app = web.Application()
+    async for pair in serve(app, harness):
+        yield pair
 
 
 async def test_list_open_callbacks_in_line_order_without_personal_data(
@@ -165,14 +173,8 @@ async def guarded(redis_client: redis.asyncio.Redis) -> AsyncIterator[tuple[Test
 
     harness = Harness(redis_client)
     sources = WebSources(queues=dict, live_kpi=lambda q: {}, health=dict, write_token=TOKEN)
-    app = create_app(sources)
-    add_routes(app, harness.service)
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield client, harness
-    finally:
-        await client.close()
+    async for pair in serve(create_app(sources), harness):
+        yield pair
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ from ivr.domain.ivr_ops import (
     set_variables,
 )
 from ivr.domain.scripts import default_flows
-from ivr.sim.agi_client import mset_pairs
+from ivr.protocol.agi import mset_pairs
 
 PARIS = ZoneInfo("Europe/Paris")
 THURSDAY_10H = datetime(2026, 11, 26, 10, 0, tzinfo=PARIS).timestamp()

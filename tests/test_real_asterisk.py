@@ -60,9 +60,8 @@ from ivr.domain.ivr_ops import (
 from ivr.domain.ivr_ops import Reply as ServiceReply
 from ivr.domain.scripts import AnyFlowFactory
 from ivr.protocol import agi
-from ivr.protocol.agi import NEED_DATA, AGIEnvironment, AGIServerConnection, Reply
+from ivr.protocol.agi import NEED_DATA, AGIEnvironment, AGIServerConnection, Reply, mset_pairs
 from ivr.protocol.ami import Event
-from ivr.sim.agi_client import mset_pairs
 
 #: Skipped unless IVR_ASTERISK_BIN is set; set to a wrong path, the fixture fails instead.
 needs_asterisk = pytest.mark.skipif(not os.environ.get(ENV_VAR, "").strip(), reason=SKIP_REASON)
@@ -310,7 +309,7 @@ async def test_mset_parses_its_argument_as_the_simulator_does(
     asterisk: AsteriskProcess, ami: AMIClient
 ) -> None:
     """What MSet makes of quotes, brackets, backslashes, a second ``=``, an item without ``=``
-    and an empty last value: what ``ivr.sim.agi_client.mset_pairs`` says, read back by GET VARIABLE."""
+    and an empty last value: what ``ivr.protocol.agi.mset_pairs`` says, read back by GET VARIABLE."""
     options = 'IVR_A="x,y",IVR_B=f(1,2),IVR_C=p\\,q,IVR_D=k=v,junk,IVR_E='
     expected = dict(mset_pairs(options))
     assert expected == {"IVR_A": "x,y", "IVR_B": "f(1,2)", "IVR_C": "p,q", "IVR_D": "k=v", "IVR_E": ""}

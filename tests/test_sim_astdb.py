@@ -10,11 +10,10 @@ import math
 from collections.abc import AsyncIterator
 
 import pytest
-from rigs import wait_for
+from rigs import action, wait_for
 
 from ivr.ami.client import AMIClient
 from ivr.ami.errors import ActionError
-from ivr.protocol.ami import Action
 from ivr.sim.ami_server import AMIServer, encode_result
 from ivr.sim.config import default_config
 from ivr.sim.dialplan import AstDB
@@ -22,14 +21,6 @@ from ivr.sim.engine import OriginateRequest, Simulator
 
 SECRET = "astdb-secret"
 EPOCH = 1_800_000_000.0
-
-
-def action(name: str, *pairs: tuple[str, str], action_id: str = "t-1") -> Action:
-    headers = (("Action", name), ("ActionID", action_id), *pairs)
-    fields: dict[str, str] = {}
-    for k, v in headers:
-        fields.setdefault(k, v)
-    return Action(fields, headers, name=name)
 
 
 @pytest.fixture

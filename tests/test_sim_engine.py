@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rigs import action
 
-from ivr.protocol.ami import Action
 from ivr.sim.api import ActionResult, Engine, Headers, HeaderTest, SelectiveEngine
 from ivr.sim.clock import Scheduler
 from ivr.sim.config import SimConfig, SimConfigError, default_config, load_config, parse_config
@@ -32,14 +32,6 @@ EPOCH = 1_800_000_000.0
 AGI_SPEED = 20.0
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def action(name: str, *pairs: tuple[str, str], action_id: str = "t-1") -> Action:
-    headers = (("Action", name), ("ActionID", action_id), *pairs)
-    fields: dict[str, str] = {}
-    for k, v in headers:
-        fields.setdefault(k, v)
-    return Action(fields, headers, name=name)
 
 
 def h(headers: Headers, key: str) -> str | None:

@@ -281,11 +281,6 @@ class AGISession(asyncio.BufferedProtocol):
         self._out = b""
 
     @property
-    def done(self) -> bool:
-        """Whether the session has ended (its transport may still be closing)."""
-        return self._done
-
-    @property
     def hung_up(self) -> bool:
         return self.conn.hung_up
 
@@ -658,8 +653,7 @@ def _plan(step: Step) -> Plan:
     elif isinstance(step, SetVars):
         # MSet (main/pbx_variables.c) splits its argument on commas, then each pair on its
         # first "=": ivr_ops.set_variables only groups names and values that parse back as sent.
-        options = ",".join(f"{name}={value}" for name, value in step.pairs)
-        parts = (agi.exec_("MSet", options), _exec_reply, False, 0.0)
+        parts = (agi.mset(step.pairs), _exec_reply, False, 0.0)
     elif isinstance(step, GetDigits):
         command = agi.get_data(step.prompt, step.timeout_ms, step.max_digits)
         parts = (command, _digits_reply, True, step.timeout_ms / 1000)

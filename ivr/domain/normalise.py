@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from ivr.protocol.agi import UnknownCommand, mset_pairs, parse_command
+
 #: AMI ``ChannelState`` value of an answered channel (``AST_STATE_UP``, include/asterisk/channelstate.h).
 CHANNEL_STATE_UP: Final = "6"
 
@@ -156,26 +158,17 @@ def agi_set_variable(command: str | None) -> tuple[str, str] | None:
 
 def agi_set_variables(command: str | None) -> list[tuple[str, str]]:
     """The variables an ``AGIExecStart`` ``Command`` sets: ``SET VARIABLE name value``, or
-    ``EXEC MSet a=1,b=2`` (how our IVR ends a call, ``ivr.domain.ivr_ops.set_variables``).
-
-    The MSet argument is split on commas and each item on its first ``=``: exact for the
-    lines our IVR sends, which group only names and values without quotes, commas or
-    escapes (anything else goes by ``SET VARIABLE``). The VarSet events carry the same.
-    """
+    ``EXEC MSet a=1,b=2`` (how our IVR ends a call, ``ivr.domain.ivr_ops.set_variables``),
+    parsed as res_agi.c and MSet parse them."""
     single = agi_set_variable(command)
     if single is not None:
         return [single]
     if not command or not command[:10].upper().startswith("EXEC MSET "):
         return []
-    rest = command[10:].strip()
-    if len(rest) >= 2 and rest[0] == rest[-1] == '"':
-        rest = rest[1:-1]
-    pairs: list[tuple[str, str]] = []
-    for item in rest.split(","):
-        name, sep, value = item.partition("=")
-        if sep and name:
-            pairs.append((name, value))
-    return pairs
+    parsed = parse_command(command)
+    if isinstance(parsed, UnknownCommand) or len(parsed.args) < 2:
+        return []
+    return mset_pairs(parsed.args[1])
 
 
 @dataclass(frozen=True, slots=True)

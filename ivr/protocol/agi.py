@@ -48,6 +48,7 @@ __all__ = [
     "ServerState",
     "UnknownCommand",
     "answer",
+    "app_args",
     "encode_environment",
     "encode_reply",
     "exec_",
@@ -55,6 +56,8 @@ __all__ = [
     "get_full_variable",
     "get_variable",
     "hangup",
+    "mset",
+    "mset_pairs",
     "parse_command",
     "say_date",
     "say_datetime",
@@ -409,6 +412,13 @@ def exec_(application: str, options: str = "") -> Command:
     return Command("EXEC", (application, options) if options else (application,))
 
 
+def mset(pairs: Iterable[tuple[str, str]]) -> Command:
+    """``EXEC MSet a=1,b=2``: several channel variables in one command, set in order. The
+    pairs are joined as given: only names and values :func:`mset_pairs` reads back unchanged
+    keep their meaning (``ivr.domain.ivr_ops.set_variables`` groups only those)."""
+    return exec_("MSet", ",".join(f"{name}={value}" for name, value in pairs))
+
+
 def verbose(message: str, level: int = 1) -> Command:
     return Command("VERBOSE", (message, str(int(level))))
 
@@ -493,6 +503,63 @@ def _parse_args(line: str) -> list[str]:
         words[-1].append(ch)
         escaped = False
     return ["".join(word) for word in words]
+
+
+def app_args(data: str, delim: str, limit: int) -> list[str]:
+    """An application's arguments as ``__ast_app_separate_args`` (main/app.c) splits them for
+    ``AST_STANDARD_APP_ARGS`` and ``AST_NONSTANDARD_APP_ARGS`` (``remove_chars`` set): what
+    ``EXEC <app> <data>`` hands the application.
+
+    ``data`` split on ``delim`` outside ``()``, ``[]`` and double quotes, the quotes removed
+    and a backslash making the next character literal; at most ``limit`` parts, the last one
+    taking the rest as it is; a ``delim`` at the very end gives one more, empty, part.
+    """
+    out: list[str] = []
+    i, n = 0, len(data)
+    paren = bracket = 0
+    quoted = ended_on_delim = False
+    while i < n and len(out) < limit - 1:
+        part: list[str] = []
+        ended_on_delim = False
+        while i < n:
+            ch = data[i]
+            i += 1
+            if ch == "(":
+                paren += 1
+            elif ch == ")":
+                paren = max(0, paren - 1)
+            elif ch == "[":
+                bracket += 1
+            elif ch == "]":
+                bracket = max(0, bracket - 1)
+            elif ch == '"' and delim != '"':
+                quoted = not quoted
+                continue
+            elif ch == "\\":
+                if i < n:
+                    part.append(data[i])
+                    i += 1
+                continue
+            elif ch == delim and not (paren or quoted or bracket):
+                ended_on_delim = True
+                break
+            part.append(ch)
+        out.append("".join(part))
+    if i < n or ended_on_delim:
+        out.append(data[i:])
+    return out
+
+
+def mset_pairs(data: str) -> list[tuple[str, str]]:
+    """The variables ``MSet(data)`` sets, in order (``pbx_builtin_setvar_multiple``,
+    main/pbx_variables.c): up to 99 comma-separated items, each split on its first ``=``;
+    an item without ``=`` is skipped (Asterisk logs a warning)."""
+    pairs: list[tuple[str, str]] = []
+    for item in app_args(data, ",", 99):
+        name_value = app_args(item, "=", 2)
+        if len(name_value) == 2:
+            pairs.append((name_value[0], name_value[1]))
+    return pairs
 
 
 def parse_command(line: str) -> Command | UnknownCommand:

@@ -44,7 +44,7 @@ from ivr.sim.dialplan import split_args, substitute
 if TYPE_CHECKING:
     from ivr.sim.engine import Simulator
 
-__all__ = ["AGI_PORT", "app_agi", "mset_pairs", "parse_agi_url"]
+__all__ = ["AGI_PORT", "app_agi", "parse_agi_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -455,13 +455,6 @@ class _Session:
             if app not in _EXEC_APPS:
                 self._reply(200, -2)
                 return ok
-            if app == "mset":
-                # Variables set one after the other, each with its VarSet, as SET VARIABLE
-                # does; MSet always returns 0 (main/pbx_variables.c), hence "200 result=0".
-                for var, value in mset_pairs(appdata):
-                    sim.set_var(chan, var, value)
-                self._reply(200, 0)
-                return ok
             result = await run_app(sim, chan, args[0], appdata)
             self._reply(200, -1 if result is STOP and not chan.alive else 0)
             return ok
@@ -649,62 +642,6 @@ def _int(value: str) -> int:
         return int(value.strip())
     except ValueError:
         return 0
-
-
-def _separate_args(data: str, delim: str, limit: int) -> list[str]:
-    """``__ast_app_separate_args`` (main/app.c) as ``AST_STANDARD_APP_ARGS`` and
-    ``AST_NONSTANDARD_APP_ARGS`` call it (``remove_chars`` set).
-
-    ``data`` split on ``delim`` outside ``()``, ``[]`` and double quotes, the quotes removed
-    and a backslash making the next character literal; at most ``limit`` parts, the last one
-    taking the rest as it is; a ``delim`` at the very end gives one more, empty, part.
-    """
-    out: list[str] = []
-    i, n = 0, len(data)
-    paren = bracket = 0
-    quoted = ended_on_delim = False
-    while i < n and len(out) < limit - 1:
-        part: list[str] = []
-        ended_on_delim = False
-        while i < n:
-            ch = data[i]
-            i += 1
-            if ch == "(":
-                paren += 1
-            elif ch == ")":
-                paren = max(0, paren - 1)
-            elif ch == "[":
-                bracket += 1
-            elif ch == "]":
-                bracket = max(0, bracket - 1)
-            elif ch == '"' and delim != '"':
-                quoted = not quoted
-                continue
-            elif ch == "\\":
-                if i < n:
-                    part.append(data[i])
-                    i += 1
-                continue
-            elif ch == delim and not (paren or quoted or bracket):
-                ended_on_delim = True
-                break
-            part.append(ch)
-        out.append("".join(part))
-    if i < n or ended_on_delim:
-        out.append(data[i:])
-    return out
-
-
-def mset_pairs(data: str) -> list[tuple[str, str]]:
-    """The variables ``MSet(data)`` sets, in order (``pbx_builtin_setvar_multiple``,
-    main/pbx_variables.c): up to 99 comma-separated items, each split on its first ``=``;
-    an item without ``=`` is skipped (Asterisk logs a warning)."""
-    pairs: list[tuple[str, str]] = []
-    for item in _separate_args(data, ",", 99):
-        name_value = _separate_args(item, "=", 2)
-        if len(name_value) == 2:
-            pairs.append((name_value[0], name_value[1]))
-    return pairs
 
 
 _EXEC_APPS: Final = frozenset(

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from ivr.protocol.agi import mset_pairs
 from ivr.sim.channel import HANGUP, TIMEOUT, UP, Channel
 from ivr.sim.dialplan import split_args, substitute
 
@@ -126,6 +127,14 @@ async def app_set(sim: Simulator, chan: Channel, data: str) -> AppResult:
     if name.endswith(")") and "(" in name and not name.startswith(("GLOBAL(", "CALLERID(")):
         _write_function(sim, chan, name, value)
     else:
+        sim.set_var(chan, name, value)
+    return None
+
+
+async def app_mset(sim: Simulator, chan: Channel, data: str) -> AppResult:
+    """``MSet(a=1,b=2)`` (``pbx_builtin_setvar_multiple``, main/pbx_variables.c): each pair set
+    in order, each with its VarSet as ``Set`` gives; the IVR ends a call with it (``EXEC``)."""
+    for name, value in mset_pairs(data):
         sim.set_var(chan, name, value)
     return None
 
@@ -721,6 +730,7 @@ APPS: Final[dict[str, App]] = {
     "wait": app_wait,
     "noop": app_noop,
     "set": app_set,
+    "mset": app_mset,
     "goto": app_goto,
     "gotoif": app_gotoif,
     "execif": app_execif,
